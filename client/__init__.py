@@ -1,0 +1,1 @@
+"""The fedsigma Flower ClientApp: calibrated probe gradients and a training gradient."""

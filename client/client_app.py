@@ -1,0 +1,79 @@
+"""fedsigma ClientApp: answers each round with calibrated probes and a training update."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from threadpoolctl import threadpool_limits
+
+from client.task import GradientOracle, linear_model, probe_gradients, training_direction
+from scenarios.federation import build_federation
+from scenarios.loader import scenario_from_run_config
+from shared import protocol as p
+from shared.calibration import injected_variances
+
+app = ClientApp()
+
+
+def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """This node's rows (X, y), its partition id and the scenario seed."""
+    scenario = scenario_from_run_config(context.run_config)
+    pid = int(context.node_config["partition-id"])
+    X, y = build_federation(scenario).client(pid)
+    return X, y, pid, scenario.seed
+
+
+@app.query(p.HELLO)
+def hello(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node serves and how many rows it holds."""
+    X, _, pid, _ = local_data(context)
+    counts = MetricRecord({p.PARTITION_ID: pid, p.NUM_EXAMPLES: len(X)})
+    return Message(RecordDict({p.METRICS: counts}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Probe gradients at w (calibrated noise), then the training gradient or update."""
+    X, y, pid, seed = local_data(context)
+    cfg = msg.content[p.CONFIG]
+    arrays = msg.content[p.ARRAYS]
+    w = arrays[p.WEIGHTS].numpy()
+    if p.PRECONDITIONER in arrays:  # sent only when it changed: keep it for later rounds
+        context.state[p.PRECONDITIONER] = ArrayRecord({p.PRECONDITIONER: arrays[p.PRECONDITIONER]})
+    precond = (
+        context.state[p.PRECONDITIONER][p.PRECONDITIONER].numpy()
+        if p.PRECONDITIONER in context.state
+        else None
+    )
+    rnd = int(cfg[p.ROUND])
+    rng = np.random.default_rng([seed, pid, rnd])
+    n, probes = int(cfg[p.BATCH_SIZE]), int(cfg[p.PROBES])
+    levels = [float(c) for c in cfg[p.NOISE_LEVELS]]
+    natural = float(cfg[p.NATURAL_VAR])
+    oracle = GradientOracle(linear_model(X.shape[1]))
+    with threadpool_limits(1):
+        if probes > 0:
+            probe = probe_gradients(
+                oracle, w, X, y, batch_size=n, probes=probes, multipliers=levels,
+                natural_var=natural, rng=rng,
+            )
+        else:
+            probe = np.zeros((0, 0, len(w)))
+        noise_std = 0.0
+        if bool(cfg[p.NOISY_TARGETS]):
+            noise_std = float(np.sqrt(injected_variances(levels[-1:], n, len(X), natural)[0]))
+        update, used = training_direction(
+            oracle, w, X, y, kind=str(cfg[p.TRAIN_GRADIENT]), batch_size=n,
+            noise_std=noise_std, local_steps=int(cfg[p.LOCAL_STEPS]),
+            local_lr=float(cfg[p.LOCAL_LR]), precond=precond, rng=rng,
+        )
+    reply = RecordDict(
+        {
+            p.ARRAYS: ArrayRecord({p.PROBE_GRADS: Array(probe), p.UPDATE: Array(update)}),
+            p.METRICS: MetricRecord(
+                {p.PARTITION_ID: pid, p.NUM_EXAMPLES: used, p.LOCAL_ROWS: len(X)}
+            ),
+        }
+    )
+    return Message(reply, reply_to=msg)

@@ -1,0 +1,1 @@
+"""Scenario files, their schema, the engines that run them and the ``fedsigma`` CLI."""

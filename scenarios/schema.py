@@ -1,0 +1,163 @@
+"""The scenario schema: every knob of a fedsigma run, validated by pydantic.
+
+A scenario is a TOML file with the sections below; every key has a default, so
+an empty file is a valid (small, synthetic) scenario. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Data(_Section):
+    """Where the rows come from."""
+
+    kind: Literal["synthetic", "diabetes", "csv"] = "synthetic"
+    dim: int = Field(20, ge=1, le=20000, description="d, synthetic features")
+    condition_number: float = Field(10.0, ge=1.0, description="κ(Σ) = λmax/λmin")
+    spectrum: Literal["geometric", "linear", "two_level"] = "geometric"
+    rotate: bool = Field(True, description="random rotation of Σ's eigenbasis")
+    inputs: Literal["gaussian", "rademacher", "student_t"] = "gaussian"
+    student_t_dof: float = Field(5.0, gt=2.0, description="ν for student_t inputs")
+    rows_per_client: int = Field(500, ge=2, description="average rows per client")
+    noise_std: float = Field(0.5, ge=0.0, description="σ₀, natural target noise")
+    signal_variance: float = Field(1.0, gt=0.0, description="w*ᵀΣw*")
+    path: Path | None = Field(None, description="CSV file (kind = csv)")
+    target: str | None = Field(None, description="target column (kind = csv)")
+
+    @model_validator(mode="after")
+    def _csv_needs_file(self) -> Data:
+        if self.kind == "csv":
+            if self.path is None:
+                raise ValueError("data.path: kind = 'csv' needs a path to the CSV file")
+            if self.target is None:
+                raise ValueError("data.target: kind = 'csv' needs the target column's name")
+            if not self.path.is_file():
+                raise ValueError(f"data.path: no such file {str(self.path)!r}")
+        return self
+
+
+class Partition(_Section):
+    """How the pooled rows are split across clients."""
+
+    kind: Literal["iid", "covariate_shift", "size_skew"] = "iid"
+    shift_strength: float = Field(0.9, ge=0.0, le=1.0, description="0 = IID, 1 = slabs")
+    size_alpha: float = Field(0.5, gt=0.0, description="Dirichlet α of shard sizes")
+
+
+class Clients(_Section):
+    count: int = Field(10, ge=1, le=100000)
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="sampled per round")
+
+
+class Protocol(_Section):
+    """What each client computes per round."""
+
+    batch_size: int = Field(64, ge=1, description="n, rows per probe batch")
+    probes: int = Field(4, ge=2, description="probe gradients per client per round")
+    calibration: float = Field(1.0, ge=0.0, description="c: total noise variance = c·n")
+    noise_var: float | None = Field(
+        None, ge=0.0, description="known σ₀²; default: data.noise_std² (synthetic), 0 (real)"
+    )
+    differential: bool = Field(False, description="two noise levels, cancels δ-bias and σ₀²")
+    differential_low: float = Field(0.25, ge=0.0, lt=1.0, description="low level = this·c·n")
+
+
+class Preconditioner(_Section):
+    enabled: bool = Field(True, description="false = plain FedSGD (no probes)")
+    ridge: float | None = Field(None, ge=0.0, description="λ; default ridge_fraction·tr(Σ̂)/d")
+    ridge_fraction: float = Field(1e-3, ge=0.0)
+    refresh_every: int = Field(1, ge=1, description="rounds between refreshes of P")
+    warmup_gradients: int | None = Field(
+        None, ge=0, description="probe gradients pooled before the first P; default 10·d"
+    )
+
+
+class Training(_Section):
+    learning_rate: float | Literal["auto"] = Field(
+        "auto", description="η; auto = 0.5 with P, 1/λmax(Σ) (oracle-tuned) without"
+    )
+    gradient: Literal["full", "minibatch"] = "full"
+    noisy_targets: bool = Field(False, description="train on calibrated noisy targets")
+    local_steps: int = Field(0, ge=0, description="0 = send the gradient")
+    local_learning_rate: float = Field(0.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _positive_rate(self) -> Training:
+        if self.learning_rate != "auto" and not self.learning_rate > 0:
+            raise ValueError("training.learning_rate: must be > 0 or 'auto'")
+        return self
+
+
+class Stop(_Section):
+    max_rounds: int = Field(100, ge=1, le=10_000_000)
+    target: float = Field(1e-6, gt=0.0, lt=1.0, description="relative excess risk")
+
+
+class Scenario(_Section):
+    """A whole run: data, partition, clients, protocol, preconditioner, training, stop."""
+
+    name: str = "scenario"
+    description: str = ""
+    seed: int = Field(0, ge=0, lt=2**63)
+    engine: Literal["inline", "simulation"] = "inline"
+    data: Data = Field(default_factory=Data)
+    partition: Partition = Field(default_factory=Partition)
+    clients: Clients = Field(default_factory=Clients)
+    protocol: Protocol = Field(default_factory=Protocol)
+    preconditioner: Preconditioner = Field(default_factory=Preconditioner)
+    training: Training = Field(default_factory=Training)
+    stop: Stop = Field(default_factory=Stop)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        total, count, batch = self.total_rows(), self.clients.count, self.protocol.batch_size
+        if count > total:
+            raise ValueError(f"clients.count: {count} clients but only {total} rows of data")
+        # size_skew guarantees every shard batch_size rows; other partitions split evenly
+        smallest = batch if self.partition.kind == "size_skew" else total // count
+        if batch > smallest or count * batch > total:
+            raise ValueError(
+                f"protocol.batch_size: {batch} rows per batch but the smallest client "
+                f"holds {min(smallest, total // count)}; lower it or give clients more rows"
+            )
+        return self
+
+    def total_rows(self) -> int:
+        """Rows in the union of all clients' data."""
+        if self.data.kind == "synthetic":
+            return self.data.rows_per_client * self.clients.count
+        if self.data.kind == "diabetes":
+            return 442
+        return _csv_rows(self.data.path)
+
+    def natural_noise_var(self) -> float:
+        """σ₀² that clients subtract from their injected variance."""
+        if self.protocol.noise_var is not None:
+            return self.protocol.noise_var
+        return self.data.noise_std**2 if self.data.kind == "synthetic" else 0.0
+
+    def dim(self) -> int:
+        """d, the number of features (and parameters)."""
+        if self.data.kind == "synthetic":
+            return self.data.dim
+        if self.data.kind == "diabetes":
+            return 10
+        return _csv_columns(self.data.path) - 1
+
+
+def _csv_rows(path: Path | None) -> int:
+    with open(path, newline="") as handle:
+        return max(sum(1 for line in handle if line.strip()) - 1, 0)
+
+
+def _csv_columns(path: Path | None) -> int:
+    with open(path, newline="") as handle:
+        return len(handle.readline().split(","))

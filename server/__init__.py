@@ -1,0 +1,1 @@
+"""The fedsigma ServerApp and GradCovStrategy, a reusable Flower Message-API strategy."""

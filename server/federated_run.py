@@ -1,0 +1,123 @@
+"""The round loop of a fedsigma run and the results folder it writes."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from threadpoolctl import threadpool_limits
+
+from scenarios.schema import Scenario
+from server.build import oracle_for, resolve_learning_rate, strategy_for
+from server.partition_grid import PartitionGrid
+from shared import protocol as p
+from shared.metrics import sigma_relative_error, sigma_whitened_error
+from shared.plots import plot_convergence
+from shared.results import RoundsWriter, write_json
+
+
+def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, timeout: float = 600.0) -> dict:
+    """Run a scenario on a grid until the target or the round budget; write results.
+
+    Writes rounds.csv (row by row), then summary.json, sigma_hat.npy,
+    sigma_true.npy, w.npy and convergence.png — also when a round fails, so
+    nothing finished is lost. Returns the summary.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    # One BLAS thread: the same summation order in every engine's server process.
+    with threadpool_limits(1):
+        fed, oracle = oracle_for(scenario)
+        lr = resolve_learning_rate(scenario, oracle)
+        strategy = strategy_for(scenario, lr)
+        view = PartitionGrid(grid, scenario.clients.count, timeout=timeout)
+        w = np.zeros(scenario.dim())
+        arrays = ArrayRecord({p.WEIGHTS: Array(w)})
+        writer = RoundsWriter(out_dir / "rounds.csv")
+        last: dict = {}
+        status = "max_rounds"
+        reached = None
+        try:
+            for rnd in range(1, scenario.stop.max_rounds + 1):
+                t0 = time.perf_counter()
+                failed_before = view.failed
+                replies = view.send_and_receive(
+                    strategy.configure_train(rnd, arrays, ConfigRecord(), view), timeout=timeout
+                )
+                new, metrics = strategy.aggregate_train(rnd, replies)
+                if new is not None:
+                    arrays = new
+                w = arrays[p.WEIGHTS].numpy()
+                sigma_hat = strategy.sigma_hat
+                last = {
+                    "round": rnd,
+                    "excess_risk": oracle.excess_risk(w),
+                    "loss": oracle.loss(w),
+                    "sigma_rel_error": None if sigma_hat is None else sigma_relative_error(sigma_hat, oracle.sigma),
+                    "sigma_whitened_error": None if sigma_hat is None else sigma_whitened_error(sigma_hat, oracle.sigma),
+                    "gradients_pooled": strategy.pool.gradients,
+                    "bytes_up": view.bytes_up,
+                    "bytes_down": view.bytes_down,
+                    "clients_replied": int(metrics["clients-replied"]) if metrics else 0,
+                    "clients_failed": view.failed - failed_before,
+                    "seconds": round(time.perf_counter() - t0, 6),
+                }
+                writer.write(last)
+                if not math.isfinite(last["excess_risk"]):
+                    status = "diverged"
+                    break
+                if last["excess_risk"] <= scenario.stop.target:
+                    status, reached = "target", rnd
+                    break
+        except BaseException as exc:  # keep what finished, record why it stopped
+            status = f"error: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            writer.close()
+            summary = _summary(scenario, engine, status, reached, last, lr, time.time() - started)
+            _save(out_dir, scenario, strategy, oracle, fed, w, summary)
+    return summary
+
+
+def _summary(scenario, engine, status, reached, last, lr, seconds) -> dict:
+    versions = {
+        name: _version(name) for name in ("fedsigma", "flwr", "torch", "numpy", "pydantic")
+    }
+    versions["python"] = platform.python_version()
+    return {
+        "scenario": scenario.model_dump(mode="json"),
+        "seed": scenario.seed,
+        "engine": engine,
+        "versions": versions,
+        "status": status,
+        "target": scenario.stop.target,
+        "rounds_to_target": reached,
+        "learning_rate": lr,
+        "rounds_run": last.get("round", 0),
+        "final": {k: v for k, v in last.items() if k != "round"},
+        "wall_seconds": round(seconds, 3),
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _save(out_dir: Path, scenario, strategy, oracle, fed, w, summary) -> None:
+    write_json(out_dir / "summary.json", summary)
+    np.save(out_dir / "w.npy", w)
+    np.save(out_dir / "sigma_true.npy", oracle.sigma)
+    if strategy.sigma_hat is not None:
+        np.save(out_dir / "sigma_hat.npy", strategy.sigma_hat)
+    if (out_dir / "rounds.csv").stat().st_size > 0:
+        plot_convergence(out_dir / "rounds.csv", out_dir / "convergence.png", title=scenario.name,
+                         target=scenario.stop.target)

@@ -1,0 +1,112 @@
+"""A Grid view that orders nodes by partition id and counts payload bytes.
+
+Node ids are random per run and replies arrive in any order; a strategy that
+samples positions in ``get_node_ids()`` and aggregates replies in the order
+given is then deterministic on every engine. Any Flower strategy can run on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from shared import protocol as p
+
+
+def payload_bytes(message: Message) -> int:
+    """Bytes of the serialized arrays a message carries (all its ArrayRecords)."""
+    if not message.has_content():
+        return 0
+    return sum(
+        len(array.data) for record in message.content.array_records.values() for array in record.values()
+    )
+
+
+class PartitionGrid(Grid):
+    """Wraps a Grid: nodes in partition order, replies sorted the same way, bytes counted.
+
+    Parameters
+    ----------
+    grid : Grid
+        The engine's grid (inline, simulation or deployment).
+    expected_nodes : int
+        Wait until this many nodes are connected before the handshake.
+    timeout : float
+        Seconds to wait for nodes and for handshake replies.
+    """
+
+    def __init__(self, grid: Grid, expected_nodes: int, timeout: float = 120.0) -> None:
+        self.inner = grid
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.failed = 0
+        nodes = wait_for_nodes(grid, expected_nodes, timeout)
+        hello = [
+            Message(RecordDict(), dst_node_id=node, message_type=f"query.{p.HELLO}") for node in nodes
+        ]
+        replies = list(grid.send_and_receive(hello, timeout=timeout))
+        bad = [r for r in replies if r.has_error()]
+        if bad or len(replies) != len(nodes):
+            reason = bad[0].error.reason if bad else f"{len(replies)} of {len(nodes)} nodes answered"
+            raise RuntimeError(f"handshake failed: {reason}")
+        self.partition_of = {
+            r.metadata.src_node_id: int(r.content[p.METRICS][p.PARTITION_ID]) for r in replies
+        }
+        self.rows_of = {
+            r.metadata.src_node_id: int(r.content[p.METRICS][p.NUM_EXAMPLES]) for r in replies
+        }
+        ids = sorted(self.partition_of.values())
+        if len(set(ids)) != len(ids):
+            raise RuntimeError(f"two nodes claim the same partition id: {ids}")
+        self._order = sorted(self.partition_of, key=self.partition_of.__getitem__)
+
+    # -- the view ------------------------------------------------------------
+    def get_node_ids(self) -> list[int]:
+        """Connected node ids, ordered by the partition each serves."""
+        return list(self._order)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Send, wait, and return the replies in partition order; count bytes and failures."""
+        messages = list(messages)
+        self.bytes_down += sum(payload_bytes(m) for m in messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self.bytes_up += sum(payload_bytes(r) for r in replies)
+        self.failed += len(messages) - sum(1 for r in replies if not r.has_error())
+        rank = {node: i for i, node in enumerate(self._order)}
+        return sorted(replies, key=lambda r: rank.get(r.metadata.src_node_id, len(rank)))
+
+    # -- delegated -----------------------------------------------------------
+    def set_run(self, run) -> None:  # noqa: D102
+        self.inner.set_run(run)
+
+    @property
+    def run(self):  # noqa: D102
+        return self.inner.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: D102
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        messages = list(messages)
+        self.bytes_down += sum(payload_bytes(m) for m in messages)
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        replies = list(self.inner.pull_messages(message_ids))
+        self.bytes_up += sum(payload_bytes(r) for r in replies)
+        return replies
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Poll until ``expected`` nodes are connected (the count is racy at start-up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {expected} nodes connected after {timeout:.0f} s")
+        time.sleep(0.2)

@@ -1,0 +1,238 @@
+"""GradCovStrategy: recover Σ from calibrated client gradients and precondition with it.
+
+A Flower Message-API strategy (``flwr.serverapp.strategy.Strategy``): it can run
+under ``strategy.start(...)`` in any Flower app whose ClientApp answers the
+protocol in :mod:`shared.protocol`, or be driven round by round (fedsigma's
+ServerApp does that to stop at a target and record oracle metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from shared import protocol as p
+from shared.calibration import estimator_coefficients
+from shared.estimators import CovariancePool
+from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
+
+
+class GradCovStrategy(Strategy):
+    """Gradient-covariance preconditioned FedSGD.
+
+    Each round the sampled clients return ``probes`` calibrated mini-batch
+    gradients at w (per noise level) and a training gradient. The server pools
+    the within-client centred probe scatter into Σ̂ (rescaled by n/σ²_total),
+    refreshes P = (Σ̂ + λI)⁻¹ every ``refresh_every`` rounds once
+    ``warmup_gradients`` probes are pooled (before that P = I/λ̂_max, plain GD at
+    a safe step), and steps w ← w − η·P·ḡ with ḡ the row-weighted mean gradient.
+
+    Parameters
+    ----------
+    dim : int
+        d, the length of the parameter vector ``w``.
+    learning_rate : float
+        η, the server step size (applied to P·ḡ).
+    fraction_train : float
+        Fraction of connected nodes sampled per round (at least one).
+    batch_size, probes : int
+        n rows per probe batch; probe gradients per client, round and level.
+        probes = 0 asks for no probes (plain FedSGD when ``precondition`` is off).
+    calibration : float
+        c: clients make the total target-noise variance c·n.
+    natural_var : float
+        σ₀² the clients subtract from the injected variance (0 if unknown).
+    differential_low : float or None
+        If set, differential injection: a second level at differential_low·c·n;
+        Σ̂ is the scaled difference of the two covariances.
+    precondition : bool
+        False: P = I always (FedSGD).
+    ridge : float or None
+        λ; None → ridge_fraction·tr(Σ̂)/d at each refresh.
+    train_gradient : {"full", "minibatch"}
+    noisy_targets : bool
+        Clients train on calibrated noisy targets.
+    local_steps : int
+        0: clients send gradients. > 0: clients take that many P-preconditioned
+        steps with ``local_learning_rate`` and send the update, which the server adds.
+    seed : int
+        Seeds client sampling: the same seed samples the same positions in the
+        grid's node list every run.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        learning_rate: float = 0.5,
+        fraction_train: float = 1.0,
+        min_available_nodes: int = 1,
+        batch_size: int = 64,
+        probes: int = 4,
+        calibration: float = 1.0,
+        natural_var: float = 0.0,
+        differential_low: float | None = None,
+        precondition: bool = True,
+        ridge: float | None = None,
+        ridge_fraction: float = 1e-3,
+        refresh_every: int = 1,
+        warmup_gradients: int | None = None,
+        train_gradient: str = "full",
+        noisy_targets: bool = False,
+        local_steps: int = 0,
+        local_learning_rate: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.dim = dim
+        self.learning_rate = learning_rate
+        self.fraction_train = fraction_train
+        self.min_available_nodes = min_available_nodes
+        self.batch_size = batch_size
+        self.probes = probes
+        self.calibration = calibration
+        self.natural_var = natural_var
+        self.noise_levels = (
+            [calibration] if differential_low is None else [differential_low * calibration, calibration]
+        )
+        self.precondition = precondition
+        self.ridge = ridge
+        self.ridge_fraction = ridge_fraction
+        self.refresh_every = refresh_every
+        self.warmup_gradients = 10 * dim if warmup_gradients is None else warmup_gradients
+        self.train_gradient = train_gradient
+        self.noisy_targets = noisy_targets
+        self.local_steps = local_steps
+        self.local_learning_rate = local_learning_rate
+        self.seed = seed
+        self.pool = CovariancePool(dim, len(self.noise_levels))
+        self.preconditioner = np.eye(dim) if not precondition else warmup_preconditioner(None, dim)
+        self.refreshed_at: int | None = None  # round of the last (Σ̂ + λI)⁻¹ refresh
+        self._version = 0  # bumped whenever P changes, to resend it to clients that use it
+        self._sent: dict[int, int] = {}
+        self._weights = np.zeros(dim)
+
+    # -- what callers read -------------------------------------------------
+    @property
+    def sigma_hat(self) -> np.ndarray | None:
+        """The pooled estimate Σ̂ (d, d), or None before any probe arrived."""
+        return self.pool.estimate()
+
+    @property
+    def warming_up(self) -> bool:
+        """True until the first (Σ̂ + λI)⁻¹ refresh."""
+        return self.precondition and self.refreshed_at is None
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> GradCov: n=%d, probes=%d, levels=%s, η=%g", self.batch_size,
+            self.probes, self.noise_levels, self.learning_rate)
+        log(INFO, "\t└──> P: %s, warm-up %d gradients, refresh every %d",
+            "(Σ̂+λI)⁻¹" if self.precondition else "I", self.warmup_gradients, self.refresh_every)
+
+    # -- one round ---------------------------------------------------------
+    def sample(self, grid: Grid, server_round: int) -> list[int]:
+        """Nodes for this round: a seeded draw of positions in the grid's node list."""
+        nodes = list(grid.get_node_ids())
+        if len(nodes) < self.min_available_nodes:
+            raise RuntimeError(f"{len(nodes)} nodes connected, {self.min_available_nodes} required")
+        k = max(1, int(round(self.fraction_train * len(nodes))))
+        rng = np.random.default_rng([self.seed, server_round])
+        return [nodes[i] for i in np.sort(rng.choice(len(nodes), k, replace=False))]
+
+    def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        """The protocol the clients follow this round, on top of the caller's config."""
+        cfg = ConfigRecord(dict(config))
+        cfg[p.ROUND] = server_round
+        cfg[p.BATCH_SIZE] = self.batch_size
+        cfg[p.PROBES] = self.probes
+        cfg[p.NOISE_LEVELS] = [float(c) for c in self.noise_levels]
+        cfg[p.NATURAL_VAR] = float(self.natural_var)
+        cfg[p.TRAIN_GRADIENT] = self.train_gradient
+        cfg[p.NOISY_TARGETS] = self.noisy_targets
+        cfg[p.LOCAL_STEPS] = self.local_steps
+        cfg[p.LOCAL_LR] = float(self.local_learning_rate)
+        return cfg
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send w (and P to clients that use it and lack the current one)."""
+        self._weights = arrays[p.WEIGHTS].numpy().astype(float)
+        cfg = self.train_config(server_round, config)
+        messages = []
+        for node in self.sample(grid, server_round):
+            out = ArrayRecord({p.WEIGHTS: Array(self._weights)})
+            if self.local_steps > 0 and self._sent.get(node, -1) < self._version:
+                out[p.PRECONDITIONER] = Array(self.preconditioner)
+                self._sent[node] = self._version
+            content = RecordDict({p.ARRAYS: out, p.CONFIG: cfg})
+            messages.append(
+                Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
+            )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Pool the probes, refresh P when due, and step w ← w − η·P·ḡ."""
+        valid = sorted(
+            (r for r in replies if not r.has_error()),
+            key=lambda r: int(r.content[p.METRICS][p.PARTITION_ID]),
+        )
+        if not valid:
+            return None, MetricRecord({"clients-replied": 0})
+        updates, weights = [], []
+        for reply in valid:
+            counts = reply.content[p.METRICS]
+            arrays = reply.content[p.ARRAYS]
+            probe = arrays[p.PROBE_GRADS].numpy()
+            if probe.size:
+                coef = estimator_coefficients(
+                    self.noise_levels, self.batch_size, int(counts[p.LOCAL_ROWS]), self.natural_var
+                )
+                self.pool.add(probe, coef)
+            updates.append(arrays[p.UPDATE].numpy())
+            weights.append(float(counts[p.NUM_EXAMPLES]))
+        self._update_preconditioner(server_round)
+        mean = np.average(np.stack(updates), axis=0, weights=weights)
+        if self.local_steps > 0:
+            new = self._weights + mean
+        else:
+            new = self._weights - self.learning_rate * (self.preconditioner @ mean)
+        metrics = MetricRecord(
+            {"clients-replied": len(valid), "gradients-pooled": self.pool.gradients}
+        )
+        return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
+
+    def _update_preconditioner(self, server_round: int) -> None:
+        if not self.precondition:
+            return
+        sigma_hat = self.sigma_hat
+        if sigma_hat is None or self.pool.gradients < self.warmup_gradients:
+            new = warmup_preconditioner(sigma_hat, self.dim)
+        elif self.refreshed_at is None or server_round - self.refreshed_at >= self.refresh_every:
+            lam = self.ridge if self.ridge is not None else default_ridge(sigma_hat, self.ridge_fraction)
+            new = ridge_preconditioner(sigma_hat, lam)
+            self.refreshed_at = server_round
+        else:
+            return
+        if not np.array_equal(new, self.preconditioner):
+            self.preconditioner = new
+            self._version += 1
+
+    # -- no federated evaluation: the simulator evaluates centrally ----------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No client-side evaluation round."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """No client-side evaluation round."""
+        return None

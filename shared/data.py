@@ -1,0 +1,168 @@
+"""Datasets: synthetic linear-regression data with a chosen Σ, and real tables.
+
+Synthetic rows are x = A z with A = U·diag(√λ) (so E xxᵀ = Σ = U diag(λ) Uᵀ) and
+z with i.i.d. unit-variance entries; targets y = xᵀw* + σ₀·e. Real tables are
+standardised (every column to mean 0, variance 1) so that q = δᵀΣδ is O(1) in
+target units, which the calibration rule needs (METHOD.md).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+SPECTRA = ("geometric", "linear", "two_level")
+INPUTS = ("gaussian", "rademacher", "student_t")
+
+
+def spectrum(dim: int, condition_number: float, shape: str) -> np.ndarray:
+    """Eigenvalues of Σ, largest first, with max/min = κ and mean 1 (tr Σ = d).
+
+    shape: ``geometric`` (log-uniform), ``linear`` or ``two_level`` (half at the
+    top, half at the bottom).
+    """
+    top, bottom = 1.0, 1.0 / condition_number
+    if dim == 1:
+        vals = np.ones(1)
+    elif shape == "geometric":
+        vals = np.geomspace(top, bottom, dim)
+    elif shape == "linear":
+        vals = np.linspace(top, bottom, dim)
+    elif shape == "two_level":
+        vals = np.where(np.arange(dim) < (dim + 1) // 2, top, bottom)
+    else:
+        raise ValueError(f"unknown spectrum {shape!r}; choose one of {SPECTRA}")
+    return vals * dim / vals.sum()
+
+
+def random_rotation(dim: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random orthogonal matrix of shape (d, d)."""
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def sample_unit_inputs(
+    rows: int, dim: int, kind: str, rng: np.random.Generator, dof: float = 5.0
+) -> np.ndarray:
+    """z of shape (rows, d) with i.i.d. mean-0, variance-1 entries of the given law.
+
+    kind: ``gaussian``, ``rademacher`` or ``student_t`` (ν = dof > 2 degrees of
+    freedom, scaled to unit variance).
+    """
+    if kind == "gaussian":
+        return rng.standard_normal((rows, dim))
+    if kind == "rademacher":
+        return rng.choice([-1.0, 1.0], size=(rows, dim))
+    if kind == "student_t":
+        if dof <= 2:
+            raise ValueError(f"student_t needs dof > 2 for a finite variance, got {dof}")
+        return rng.standard_t(dof, size=(rows, dim)) * np.sqrt((dof - 2) / dof)
+    raise ValueError(f"unknown input distribution {kind!r}; choose one of {INPUTS}")
+
+
+def excess_kurtosis(kind: str, dof: float = 5.0) -> float:
+    """κ₄ of the unit-variance entries drawn by :func:`sample_unit_inputs`."""
+    if kind == "gaussian":
+        return 0.0
+    if kind == "rademacher":
+        return -2.0
+    if kind == "student_t":
+        return 6.0 / (dof - 4) if dof > 4 else np.inf
+    raise ValueError(f"unknown input distribution {kind!r}")
+
+
+def synthetic_regression(
+    rows: int,
+    dim: int,
+    condition_number: float,
+    rng: np.random.Generator,
+    shape: str = "geometric",
+    rotate: bool = True,
+    inputs: str = "gaussian",
+    dof: float = 5.0,
+    noise_std: float = 0.0,
+    signal_variance: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw a linear-regression data set with population second moment Σ.
+
+    Returns
+    -------
+    X : ndarray (rows, d)
+    y : ndarray (rows,)
+    w_star : ndarray (d,), scaled so that w*ᵀΣw* = signal_variance
+    sigma : ndarray (d, d), the population Σ
+    """
+    vals = spectrum(dim, condition_number, shape)
+    basis = random_rotation(dim, rng) if rotate else np.eye(dim)
+    sigma = (basis * vals) @ basis.T
+    w_star = rng.standard_normal(dim)
+    w_star *= np.sqrt(signal_variance / float(w_star @ sigma @ w_star))
+    z = sample_unit_inputs(rows, dim, inputs, rng, dof)
+    X = (z * np.sqrt(vals)) @ basis.T
+    y = X @ w_star + noise_std * rng.standard_normal(rows)
+    return X, y, w_star, sigma
+
+
+def standardise(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale every feature column and the target to mean 0, variance 1.
+
+    Constant columns are centred and left unscaled (they become zero).
+    """
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    X = (X - mean) / np.where(std > 0, std, 1.0)
+    y_std = y.std()
+    return X, (y - y.mean()) / (y_std if y_std > 0 else 1.0)
+
+
+def load_diabetes() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled diabetes table: X (442, 10), y (442,), unscaled."""
+    from sklearn.datasets import load_diabetes as sk_load
+
+    X, y = sk_load(return_X_y=True, scaled=False)
+    return np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+
+
+def load_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a numeric CSV with a header row.
+
+    Returns X (rows, d) of every column but ``target``, y (rows,) and the
+    feature names. Raises ValueError naming the column or line that is wrong.
+    """
+    path = Path(path)
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = [name.strip() for name in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{path}: the file is empty") from None
+        if target not in header:
+            raise ValueError(f"{path}: no column {target!r}; columns are {header}")
+        rows = []
+        for line_no, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line_no}: {len(row)} fields, header has {len(header)}")
+            try:
+                rows.append([float(cell) for cell in row])
+            except ValueError:
+                bad = next(h for h, c in zip(header, row) if not _is_float(c))
+                raise ValueError(
+                    f"{path}:{line_no}: column {bad!r} is not numeric"
+                ) from None
+    if len(rows) < 2:
+        raise ValueError(f"{path}: needs at least 2 data rows, has {len(rows)}")
+    table = np.asarray(rows)
+    col = header.index(target)
+    features = [h for i, h in enumerate(header) if i != col]
+    return np.delete(table, col, axis=1), table[:, col], features
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,56 @@
+"""convergence.png: excess risk (log) and Σ̂ error against rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from shared.results import read_rounds  # noqa: E402
+
+
+def plot_convergence(rounds_csv: Path, out_png: Path, title: str = "", target: float | None = None) -> None:
+    """Two panels from a rounds.csv: relative excess risk, and Σ̂'s errors.
+
+    The dashed line marks the target; rounds without a known value are skipped.
+    """
+    rows = read_rounds(rounds_csv)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = [r["round"] for r in rows]
+
+    def series(key):
+        pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        return [a for a, _ in pts], [b for _, b in pts]
+
+    rx, ry = series("excess_risk")
+    ax1.semilogy(rx, [max(v, 1e-300) for v in ry], lw=2, label="relative excess risk")
+    if target:
+        ax1.axhline(target, ls="--", color="grey", label=f"target {target:g}")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("(L(w) − L*) / (L(w₀) − L*)")
+    ax1.set_title("training")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend()
+    for key, label in (("sigma_rel_error", "‖Σ̂ − Σ‖/‖Σ‖"), ("sigma_whitened_error", "‖Σ^-½Σ̂Σ^-½ − I‖")):
+        sx, sy = series(key)
+        if sx:
+            ax2.semilogy(sx, sy, lw=2, label=label)
+    ax2.axhline(0.1, ls=":", color="grey")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("operator-norm error")
+    ax2.set_title("Σ̂ recovered from gradients")
+    ax2.grid(True, which="both", alpha=0.3)
+    if ax2.lines[1:]:
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "no Σ̂ (preconditioner off or truth unknown)", ha="center", transform=ax2.transAxes)
+    if title:
+        fig.suptitle(title)
+    if x:
+        ax1.set_xlim(0, max(x) + 1)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,43 @@
+"""Names of the records and keys exchanged between the ServerApp and ClientApp.
+
+One message type per round (``train``). Server → client: ArrayRecord ``arrays``
+with ``w`` (d,) and, only when clients run local steps and P changed, ``P``
+(d, d); ConfigRecord ``config`` with the protocol below. Client → server:
+ArrayRecord ``arrays`` with ``probes`` (levels, k, d) and ``update`` (d,), and
+MetricRecord ``metrics`` with the counts below — nothing else (see the audit
+test).
+"""
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# server → client arrays
+WEIGHTS = "w"
+PRECONDITIONER = "P"
+
+# server → client config
+ROUND = "server-round"
+BATCH_SIZE = "batch-size"
+PROBES = "probes"
+NOISE_LEVELS = "noise-levels"
+NATURAL_VAR = "noise-var"
+TRAIN_GRADIENT = "train-gradient"
+NOISY_TARGETS = "noisy-targets"
+LOCAL_STEPS = "local-steps"
+LOCAL_LR = "local-lr"
+
+# client → server arrays
+PROBE_GRADS = "probes"
+UPDATE = "update"
+
+# client → server counts
+PARTITION_ID = "partition-id"
+NUM_EXAMPLES = "num-examples"  # rows behind the training contribution (Flower's weighting key)
+LOCAL_ROWS = "local-rows"  # N, for the finite-population factor
+
+REPLY_ARRAYS = frozenset({PROBE_GRADS, UPDATE})
+REPLY_COUNTS = frozenset({PARTITION_ID, NUM_EXAMPLES, LOCAL_ROWS})
+
+# the start-up handshake (query.hello): which partition a node serves
+HELLO = "hello"
