@@ -1,0 +1,133 @@
+"""The ``fedsigma`` command: run scenarios on the inline or simulation engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from scenarios.loader import ScenarioError, bundled_names, load_scenario
+from scenarios.progress import RoundsProgress
+
+ENGINES = ("inline", "simulation")
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    try:
+        return args.func(args, console)
+    except ScenarioError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: rounds finished so far are kept in the results folder")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsigma",
+        description="Federated linear regression preconditioned by Σ recovered from calibrated gradients.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario and write its results folder")
+    run.add_argument("scenario", help="a scenario .toml file or a bundled name: " + ", ".join(bundled_names()))
+    run.add_argument("--engine", choices=ENGINES, help="override the scenario's engine (default: inline)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, e.g. --set protocol.batch_size=128 (repeatable)")
+    run.add_argument("--out", type=Path, help="results folder (default: runs/<scenario>-<timestamp>/)")
+    run.set_defaults(func=cmd_run)
+    show = sub.add_parser("show", help="print a scenario with every default filled in, as JSON")
+    show.add_argument("scenario")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.set_defaults(func=cmd_show)
+    lst = sub.add_parser("list", help="list the bundled scenarios")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def cmd_list(args, console: Console) -> int:
+    for name in bundled_names():
+        sc = load_scenario(name)
+        console.print(f"[bold]{name}[/]: {sc.description}", highlight=False)
+    return 0
+
+
+def cmd_show(args, console: Console) -> int:
+    sc = load_scenario(args.scenario, args.overrides)
+    console.print_json(sc.model_dump_json())
+    return 0
+
+
+def cmd_run(args, console: Console) -> int:
+    overrides = list(args.overrides)
+    if args.engine:
+        overrides.append(f'engine="{args.engine}"')
+    scenario = load_scenario(args.scenario, overrides)
+    out = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()):
+        raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"[bold]{scenario.name}[/] on the [bold]{scenario.engine}[/] engine: {scenario.clients.count} clients, "
+        f"d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds → {out}",
+        highlight=False,
+    )
+    with RoundsProgress(out / "rounds.csv", scenario.stop.max_rounds, console):
+        run_engine(scenario, out)
+    summary = json.loads((out / "summary.json").read_text())
+    print_summary(summary, out, console)
+    return 0
+
+
+def run_engine(scenario, out: Path) -> None:
+    """Run a validated scenario on its engine; results land in ``out``."""
+    from scenarios.inline_engine import run_config_for
+
+    run_config = run_config_for(scenario.model_dump_json(), str(out), scenario.engine)
+    if scenario.engine == "inline":
+        from client.client_app import app as client_app
+        from scenarios.inline_engine import run_inline
+        from server.server_app import app as server_app
+
+        run_inline(server_app, client_app, scenario.clients.count, run_config)
+    else:
+        from scenarios.simulation_engine import run_simulation
+
+        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log")
+
+
+def print_summary(summary: dict, out: Path, console: Console) -> None:
+    """A short table: rounds to target, final metrics, bytes and time."""
+    final = summary.get("final", {})
+    table = Table(show_header=False, box=None)
+    reached = summary["rounds_to_target"]
+    table.add_row("status", summary["status"])
+    table.add_row(
+        f"rounds to {summary['target']:g}",
+        str(reached) if reached else f"not reached in {summary['rounds_run']} rounds",
+    )
+    for key, label in (("excess_risk", "final excess risk"), ("sigma_rel_error", "‖Σ̂ − Σ‖/‖Σ‖"),
+                       ("sigma_whitened_error", "whitened Σ̂ error")):
+        if final.get(key) is not None:
+            table.add_row(label, f"{final[key]:.3e}")
+    table.add_row("bytes up / down", f"{final.get('bytes_up', 0):,} / {final.get('bytes_down', 0):,}")
+    table.add_row("learning rate", f"{summary['learning_rate']:.4g}")
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
+    table.add_row("results", str(out))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Start and stop Flower's own processes (SuperLink, ``flwr run``) on 127.0.0.1.
+
+Shared by the simulation engine (and the deployment engine to come): a
+throw-away FLWR_HOME with one connection, a staged copy of the app, and
+process groups stopped by PID however the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACKAGES = ("shared", "server", "client", "scenarios")
+ROOT = Path(__file__).resolve().parent.parent
+CONNECTION = "fedsigma"
+
+APP_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "fedsigma"
+version = "0.1.0"
+dependencies = ["flwr[simulation]==1.42.0"]
+
+[tool.flwr.app]
+publisher = "fedsigma"
+
+[tool.flwr.app.components]
+serverapp = "server.server_app:app"
+clientapp = "client.client_app:app"
+
+[tool.flwr.app.config]
+scenario = "quickstart"
+scenario-json = ""
+out-dir = ""
+engine = "flwr-run"
+"""
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment for Flower processes: no telemetry, no update check, our FLWR_HOME."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_HOME=str(home),
+        RAY_TMPDIR=str(home),
+        RAY_DEDUP_LOGS="0",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_connection(home: Path, address: str, insecure: bool = True, root_certificates: Path | None = None) -> None:
+    """$FLWR_HOME/config.toml with one SuperLink connection named ``fedsigma``."""
+    home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    lines.append(f"insecure = {'true' if insecure else 'false'}")
+    if root_certificates is not None:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def stage_app(dest: Path) -> Path:
+    """Copy the app's packages and a pyproject into ``dest/fedsigma`` for ``flwr run``.
+
+    A staged copy packs only the app (not tests or results) and lives in a
+    folder whose name ``flwr build`` accepts, wherever the checkout is.
+    """
+    app = dest / "fedsigma"
+    for pkg in PACKAGES:
+        src = ROOT / pkg
+        for path in list(src.glob("*.py")) + list(src.glob("*.toml")):
+            target = app / pkg / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    (app / "pyproject.toml").write_text(APP_PYPROJECT)
+    return app
+
+
+def flower_command(name: str) -> str:
+    """Path of a Flower console script installed beside this Python."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def start(args: list[str], env: dict, log) -> subprocess.Popen:
+    """Start a process in its own process group, output to ``log``."""
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    """Wait until 127.0.0.1:port accepts connections, or fail if ``proc`` exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it listened on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """SIGTERM the process group, wait, then SIGKILL whatever is left."""
+    if proc is None:
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        proc.poll()
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; give its children (Ray, SuperExec) the same grace
+        if not _group_alive(pgid, wait):
+            break
+    proc.poll()
+
+
+def _group_alive(pgid: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,60 @@
+"""The simulation engine: Flower's Simulation Engine (Ray) behind a SuperLink we own.
+
+Starts ``flower-superlink --simulation`` on a free 127.0.0.1 port, submits the
+staged app with ``flwr run --stream`` (one SuperNode per client, one CPU per
+ClientApp) and stops the SuperLink's whole process group when the run ends,
+fails or is interrupted. Not the managed ``:local:`` mode, which leaves a
+SuperLink running.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+from scenarios import flower_processes as fp
+
+
+def run_simulation(num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0) -> None:
+    """Run the ServerApp/ClientApp on Ray with ``num_nodes`` virtual SuperNodes.
+
+    Flower's output goes to ``log_path``. Raises RuntimeError (with the log's
+    tail) if the run does not finish and write its summary.
+    """
+    out_dir = Path(run_config["out-dir"])
+    with tempfile.TemporaryDirectory(prefix="fedsigma-sim-") as tmp, log_path.open("w") as log:
+        tmp = Path(tmp)
+        home = tmp / "home"
+        env = fp.flower_env(home)
+        port = fp.free_port()
+        fp.write_connection(home, f"127.0.0.1:{port}")
+        app = fp.stage_app(tmp)
+        config_file = tmp / "run_config.toml"
+        config_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
+        superlink = None
+        try:
+            superlink = fp.start(
+                [fp.flower_command("flower-superlink"), "--simulation", "--insecure", "--host", "127.0.0.1",
+                 "--port", str(port), "--disable-runtime-dependency-installation"],
+                env, log,
+            )
+            fp.wait_for_port(port, superlink, 60, "flower-superlink")
+            done = subprocess.run(
+                [fp.flower_command("flwr"), "run", str(app), fp.CONNECTION, "--stream",
+                 "--run-config", str(config_file),
+                 "--federation-config", f"num-supernodes={num_nodes} client-resources-num-cpus=1"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=tmp,
+            )
+        finally:
+            fp.stop(superlink)
+        log.flush()
+        summary = out_dir / "summary.json"
+        if done.returncode != 0 or not summary.is_file():
+            raise RuntimeError(
+                f"simulation failed (flwr run exit {done.returncode}); log {log_path}:\n{fp.log_tail(log_path)}"
+            )
+        status = json.loads(summary.read_text()).get("status", "")
+        if status.startswith("error"):
+            raise RuntimeError(f"simulation ServerApp failed: {status}; log {log_path}")
