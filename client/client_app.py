@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from threadpoolctl import threadpool_limits
 
 from client.task import GradientOracle, linear_model, probe_gradients, training_direction
 from scenarios.federation import build_federation
 from scenarios.loader import scenario_from_run_config
 from shared import protocol as p
 from shared.calibration import injected_variances
+from shared.threads import single_thread
 
 app = ClientApp()
 
@@ -22,6 +24,12 @@ def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
     pid = int(context.node_config["partition-id"])
     X, y = build_federation(scenario).client(pid)
     return X, y, pid, scenario.seed
+
+
+@lru_cache(maxsize=4)
+def gradient_oracle(dim: int) -> GradientOracle:
+    """The linear model's batched-gradient functions, built once per process."""
+    return GradientOracle(linear_model(dim))
 
 
 @app.query(p.HELLO)
@@ -51,8 +59,8 @@ def train(msg: Message, context: Context) -> Message:
     n, probes = int(cfg[p.BATCH_SIZE]), int(cfg[p.PROBES])
     levels = [float(c) for c in cfg[p.NOISE_LEVELS]]
     natural = float(cfg[p.NATURAL_VAR])
-    oracle = GradientOracle(linear_model(X.shape[1]))
-    with threadpool_limits(1):
+    oracle = gradient_oracle(X.shape[1])
+    with single_thread():
         if probes > 0:
             probe = probe_gradients(
                 oracle, w, X, y, batch_size=n, probes=probes, multipliers=levels,

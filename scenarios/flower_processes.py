@@ -119,38 +119,61 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str) 
 
 
 def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    """SIGTERM the process group, wait, then SIGKILL whatever is left."""
+    """Stop a process and every descendant: SIGTERM, wait ``grace`` s, then SIGKILL.
+
+    Descendants are listed before signalling, since Ray starts some of its
+    daemons in sessions of their own and they are re-parented once the leader
+    exits.
+    """
     if proc is None:
         return
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        proc.poll()
-        return
+    pids = [proc.pid, *descendants(proc.pid)]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if _all_gone(proc, pids, wait):
+            return
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        # the leader is gone; give its children (Ray, SuperExec) the same grace
-        if not _group_alive(pgid, wait):
-            break
-    proc.poll()
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
-def _group_alive(pgid: int, wait: float) -> bool:
+def _all_gone(proc: subprocess.Popen, pids: list[int], wait: float) -> bool:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
+        proc.poll()  # reap the leader so it does not linger as a zombie
+        if not any(_alive(pid) for pid in pids):
+            return True
         time.sleep(0.1)
-    return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

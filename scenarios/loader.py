@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,10 @@ def _section_model(loc: tuple) -> type | None:
     return model
 
 
+@lru_cache(maxsize=8)
 def scenario_from_json(text: str) -> Scenario:
-    """Rebuild a resolved scenario sent through a Flower run config."""
+    """Rebuild a resolved scenario sent through a Flower run config (cached: a
+    ClientApp sees the same text on every call; callers must not mutate it)."""
     return validate(json.loads(text), source="run config")
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from threadpoolctl import threadpool_limits
 
 from scenarios.schema import Scenario
 from server.build import oracle_for, resolve_learning_rate, strategy_for
@@ -20,6 +19,7 @@ from shared import protocol as p
 from shared.metrics import sigma_relative_error, sigma_whitened_error
 from shared.plots import plot_convergence
 from shared.results import RoundsWriter, write_json
+from shared.threads import single_thread
 
 
 def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, timeout: float = 600.0) -> dict:
@@ -32,7 +32,7 @@ def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, t
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # One BLAS thread: the same summation order in every engine's server process.
-    with threadpool_limits(1):
+    with single_thread():
         fed, oracle = oracle_for(scenario)
         lr = resolve_learning_rate(scenario, oracle)
         strategy = strategy_for(scenario, lr)
