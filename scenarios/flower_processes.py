@@ -46,7 +46,11 @@ engine = "flwr-run"
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    """Environment for Flower processes: no telemetry, no update check, our FLWR_HOME."""
+    """Environment for Flower processes: no telemetry, no update check, our FLWR_HOME.
+
+    Ray also puts its unix sockets there, and socket paths are limited to 107
+    bytes: give a short ``home`` (e.g. a fresh folder under /tmp).
+    """
     env = dict(os.environ)
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
