@@ -33,7 +33,7 @@ def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, t
     started = time.time()
     # One BLAS thread: the same summation order in every engine's server process.
     with single_thread():
-        fed, oracle = oracle_for(scenario)
+        _, oracle = oracle_for(scenario)
         lr = resolve_learning_rate(scenario, oracle)
         strategy = strategy_for(scenario, lr)
         view = PartitionGrid(grid, scenario.clients.count, timeout=timeout)
@@ -81,7 +81,7 @@ def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, t
         finally:
             writer.close()
             summary = _summary(scenario, engine, status, reached, last, lr, time.time() - started)
-            _save(out_dir, scenario, strategy, oracle, fed, w, summary)
+            _save(out_dir, scenario, strategy, oracle, w, summary)
     return summary
 
 
@@ -112,12 +112,15 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _save(out_dir: Path, scenario, strategy, oracle, fed, w, summary) -> None:
+def _save(out_dir: Path, scenario, strategy, oracle, w, summary) -> None:
     write_json(out_dir / "summary.json", summary)
     np.save(out_dir / "w.npy", w)
     np.save(out_dir / "sigma_true.npy", oracle.sigma)
     if strategy.sigma_hat is not None:
         np.save(out_dir / "sigma_hat.npy", strategy.sigma_hat)
     if (out_dir / "rounds.csv").stat().st_size > 0:
-        plot_convergence(out_dir / "rounds.csv", out_dir / "convergence.png", title=scenario.name,
-                         target=scenario.stop.target)
+        plot_convergence(
+            out_dir / "rounds.csv", out_dir / "convergence.png", title=scenario.name,
+            target=scenario.stop.target,
+            warmup_gradients=strategy.warmup_gradients if strategy.precondition else None,
+        )

@@ -12,10 +12,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from shared.results import read_rounds  # noqa: E402
 
 
-def plot_convergence(rounds_csv: Path, out_png: Path, title: str = "", target: float | None = None) -> None:
+def plot_convergence(
+    rounds_csv: Path,
+    out_png: Path,
+    title: str = "",
+    target: float | None = None,
+    warmup_gradients: int | None = None,
+) -> None:
     """Two panels from a rounds.csv: relative excess risk, and Σ̂'s errors.
 
-    The dashed line marks the target; rounds without a known value are skipped.
+    The dashed line marks the target; the shaded band, the warm-up rounds
+    (fewer than ``warmup_gradients`` probes pooled, P = I/λ̂_max); rounds
+    without a known value are skipped.
     """
     rows = read_rounds(rounds_csv)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -47,10 +55,17 @@ def plot_convergence(rounds_csv: Path, out_png: Path, title: str = "", target: f
         ax2.legend()
     else:
         ax2.text(0.5, 0.5, "no Σ̂ (preconditioner off or truth unknown)", ha="center", transform=ax2.transAxes)
+    if warmup_gradients is not None:
+        warm = [r["round"] for r in rows if (r.get("gradients_pooled") or 0) < warmup_gradients]
+        if warm:
+            for ax in (ax1, ax2):
+                ax.axvspan(0, max(warm) + 0.5, color="orange", alpha=0.12, lw=0)
+            ax1.text(0.3, 0.03, "warm-up", transform=ax1.get_xaxis_transform(), color="darkorange")
     if title:
         fig.suptitle(title)
     if x:
-        ax1.set_xlim(0, max(x) + 1)
+        for ax in (ax1, ax2):
+            ax.set_xlim(0, max(x) + 1)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
