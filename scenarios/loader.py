@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scenarios.schema import Scenario
 
@@ -102,7 +102,10 @@ def validate(raw: dict[str, Any], source: str = "scenario") -> Scenario:
 def describe(exc: ValidationError) -> str:
     """The first validation error as ``field: what is wrong (got X); fix``."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    if err["type"] == "extra_forbidden":
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    else:  # pydantic appends union members ("float", "literal[...]") to the location
+        loc = _field_path(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         section = _section_model(err["loc"][:-1])
@@ -113,6 +116,19 @@ def describe(exc: ValidationError) -> str:
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {json.dumps(got, default=str)})"
     return f"{loc or 'scenario'}: {msg}{shown}; fix it in the file or with --set {loc or 'KEY'}=VALUE"
+
+
+def _field_path(loc: tuple) -> str:
+    """The dotted scenario key a pydantic error location points at."""
+    model, parts = Scenario, []
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            break
+        parts.append(str(part))
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return ".".join(parts)
 
 
 def _section_model(loc: tuple) -> type | None:

@@ -6,10 +6,13 @@ an empty file is a valid (small, synthetic) scenario. Unknown keys are errors.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.data import load_csv
 
 
 class _Section(BaseModel):
@@ -41,6 +44,11 @@ class Data(_Section):
                 raise ValueError("data.target: kind = 'csv' needs the target column's name")
             if not self.path.is_file():
                 raise ValueError(f"data.path: no such file {str(self.path)!r}")
+            try:  # read it now: a bad table must fail before any process starts
+                load_csv(self.path, self.target)
+            except ValueError as exc:
+                field = "data.target" if "no column" in str(exc) else "data.path"
+                raise ValueError(f"{field}: {exc}") from None
         return self
 
 
@@ -68,6 +76,15 @@ class Protocol(_Section):
     )
     differential: bool = Field(False, description="two noise levels, cancels δ-bias and σ₀²")
     differential_low: float = Field(0.25, ge=0.0, lt=1.0, description="low level = this·c·n")
+
+    @model_validator(mode="after")
+    def _differential_needs_noise(self) -> Protocol:
+        if self.differential and self.calibration == 0:
+            raise ValueError(
+                "protocol.calibration: differential injection needs calibration > 0 "
+                "(two distinct noise levels); raise it or set protocol.differential = false"
+            )
+        return self
 
 
 class Preconditioner(_Section):
@@ -154,10 +171,13 @@ class Scenario(_Section):
 
 
 def _csv_rows(path: Path | None) -> int:
-    with open(path, newline="") as handle:
-        return max(sum(1 for line in handle if line.strip()) - 1, 0)
+    return len(load_csv(path, _first_column(path))[1])
 
 
 def _csv_columns(path: Path | None) -> int:
+    return len(load_csv(path, _first_column(path))[2]) + 1
+
+
+def _first_column(path: Path | None) -> str:
     with open(path, newline="") as handle:
-        return len(handle.readline().split(","))
+        return next(csv.reader(handle))[0].strip()
