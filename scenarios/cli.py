@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("scenario")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(func=cmd_show)
+    rep = sub.add_parser("reproduce", help="test the paper's claims: figures, report.md and a verdict per claim")
+    rep.add_argument("--quick", action="store_true", help="small settings that finish within 2 minutes (CI)")
+    rep.add_argument("--out", type=Path, default=Path("reproduce"), help="report folder (default: reproduce/)")
+    rep.set_defaults(func=cmd_reproduce)
     lst = sub.add_parser("list", help="list the bundled scenarios")
     lst.set_defaults(func=cmd_list)
     return parser
@@ -62,6 +66,12 @@ def cmd_list(args, console: Console) -> int:
         sc = load_scenario(name)
         console.print(f"[bold]{name}[/]: {sc.description}", highlight=False)
     return 0
+
+
+def cmd_reproduce(args, console: Console) -> int:
+    from scenarios.reproduce import reproduce
+
+    return reproduce(quick=args.quick, out=args.out.resolve(), console=console)
 
 
 def cmd_show(args, console: Console) -> int:
