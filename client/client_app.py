@@ -42,6 +42,38 @@ def hello(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """GradCov round (default), or FedAvg-style local training for Flower's strategies."""
+    if str(msg.content[p.CONFIG].get(p.MODE, p.MODE_GRADCOV)) == p.MODE_LOCAL:
+        return local_training(msg, context)
+    return gradcov_round(msg, context)
+
+
+def local_training(msg: Message, context: Context) -> Message:
+    """``local-steps`` (at least one) gradient steps from w; reply the new weights.
+
+    This is what Flower's FedAvg/FedAdam/FedYogi/FedAdagrad expect: they
+    average the returned arrays weighted by ``num-examples``.
+    """
+    X, y, pid, seed = local_data(context)
+    cfg = msg.content[p.CONFIG]
+    w = msg.content[p.ARRAYS][p.WEIGHTS].numpy()
+    rng = np.random.default_rng([seed, pid, int(cfg[p.ROUND])])
+    with single_thread():
+        update, used = training_direction(
+            gradient_oracle(X.shape[1]), w, X, y, kind=str(cfg[p.TRAIN_GRADIENT]),
+            batch_size=int(cfg[p.BATCH_SIZE]), noise_std=0.0, local_steps=max(int(cfg[p.LOCAL_STEPS]), 1),
+            local_lr=float(cfg[p.LOCAL_LR]), precond=None, rng=rng,
+        )
+    reply = RecordDict(
+        {
+            p.ARRAYS: ArrayRecord({p.WEIGHTS: Array(w + update)}),
+            p.METRICS: MetricRecord({p.PARTITION_ID: pid, p.NUM_EXAMPLES: used}),
+        }
+    )
+    return Message(reply, reply_to=msg)
+
+
+def gradcov_round(msg: Message, context: Context) -> Message:
     """Probe gradients at w (calibrated noise), then the training gradient or update."""
     X, y, pid, seed = local_data(context)
     cfg = msg.content[p.CONFIG]
@@ -76,9 +108,12 @@ def train(msg: Message, context: Context) -> Message:
             noise_std=noise_std, local_steps=int(cfg[p.LOCAL_STEPS]),
             local_lr=float(cfg[p.LOCAL_LR]), precond=precond, rng=rng,
         )
+    out = ArrayRecord({p.PROBE_GRADS: Array(probe), p.UPDATE: Array(update)})
+    if bool(cfg.get(p.SEND_HESSIAN, False)):  # the Newton baseline only: second-order statistics
+        out[p.HESSIAN] = Array(X.T @ X / len(X))
     reply = RecordDict(
         {
-            p.ARRAYS: ArrayRecord({p.PROBE_GRADS: Array(probe), p.UPDATE: Array(update)}),
+            p.ARRAYS: out,
             p.METRICS: MetricRecord(
                 {p.PARTITION_ID: pid, p.NUM_EXAMPLES: used, p.LOCAL_ROWS: len(X)}
             ),

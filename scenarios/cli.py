@@ -16,6 +16,10 @@ from scenarios.loader import ScenarioError, bundled_names, load_scenario
 from scenarios.progress import RoundsProgress
 
 ENGINES = ("inline", "simulation")
+DEFAULT_METHODS = (
+    "gradcov", "gradcov-uncalibrated", "gradcov-differential", "fedsgd", "fedavg",
+    "fedadam", "fedyogi", "fedadagrad", "oracle", "newton",
+)
 EXIT_USAGE = 2
 
 
@@ -52,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("scenario")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(func=cmd_show)
+    cmp_ = sub.add_parser("compare", help="run one scenario with every method; tune learning rates; compare")
+    cmp_.add_argument("scenario")
+    cmp_.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                      help="comma-separated, from: " + ", ".join(DEFAULT_METHODS))
+    cmp_.add_argument("--engine", choices=ENGINES)
+    cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp_.add_argument("--max-rounds", type=int, help="round budget of every method (default: stop.max_rounds)")
+    cmp_.add_argument("--out", type=Path, help="default: runs/compare-<scenario>-<timestamp>/")
+    cmp_.set_defaults(func=cmd_compare)
     rep = sub.add_parser("reproduce", help="test the paper's claims: figures, report.md and a verdict per claim")
     rep.add_argument("--quick", action="store_true", help="small settings that finish within 2 minutes (CI)")
     rep.add_argument("--out", type=Path, default=Path("reproduce"), help="report folder (default: reproduce/)")
@@ -65,6 +78,22 @@ def cmd_list(args, console: Console) -> int:
     for name in bundled_names():
         sc = load_scenario(name)
         console.print(f"[bold]{name}[/]: {sc.description}", highlight=False)
+    return 0
+
+
+def cmd_compare(args, console: Console) -> int:
+    from scenarios.compare import compare
+
+    overrides = list(args.overrides) + ([f'engine="{args.engine}"'] if args.engine else [])
+    name = Path(args.scenario).stem
+    out = (args.out or Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists() and any(out.iterdir()):
+        raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder")
+    if args.max_rounds is not None and args.max_rounds < 1:
+        raise ScenarioError("--max-rounds: must be ≥ 1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    compare(args.scenario, methods, overrides, out, console, max_rounds=args.max_rounds)
+    console.print(f"comparison.csv, comparison.png and every run's folder → {out}", highlight=False)
     return 0
 
 
@@ -102,11 +131,11 @@ def cmd_run(args, console: Console) -> int:
     return 0
 
 
-def run_engine(scenario, out: Path) -> None:
-    """Run a validated scenario on its engine; results land in ``out``."""
+def run_engine(scenario, out: Path, method: str = "gradcov") -> None:
+    """Run a validated scenario with one method on its engine; results land in ``out``."""
     from scenarios.inline_engine import run_config_for
 
-    run_config = run_config_for(scenario.model_dump_json(), str(out), scenario.engine)
+    run_config = run_config_for(scenario.model_dump_json(), str(out), scenario.engine, method)
     if scenario.engine == "inline":
         from client.client_app import app as client_app
         from scenarios.inline_engine import run_inline

@@ -42,6 +42,7 @@ scenario = "quickstart"
 scenario-json = ""
 out-dir = ""
 engine = "flwr-run"
+method = "gradcov"
 """
 
 

@@ -106,7 +106,7 @@ def run_inline(server_app: ServerApp, client_app: ClientApp, num_nodes: int, run
     server_app(grid, context)
 
 
-def run_config_for(scenario_json: str, out_dir: str, engine: str) -> dict:
+def run_config_for(scenario_json: str, out_dir: str, engine: str, method: str = "gradcov") -> dict:
     """The run config the CLI hands to every engine (values are TOML scalars)."""
     json.loads(scenario_json)  # fail here, not in a worker, if it is not JSON
-    return {"scenario": "", "scenario-json": scenario_json, "out-dir": out_dir, "engine": engine}
+    return {"scenario": "", "scenario-json": scenario_json, "out-dir": out_dir, "engine": engine, "method": method}

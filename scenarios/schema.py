@@ -104,12 +104,16 @@ class Training(_Section):
     gradient: Literal["full", "minibatch"] = "full"
     noisy_targets: bool = Field(False, description="train on calibrated noisy targets")
     local_steps: int = Field(0, ge=0, description="0 = send the gradient")
-    local_learning_rate: float = Field(0.5, gt=0.0)
+    local_learning_rate: float | Literal["auto"] = Field(
+        "auto", description="clients' step in local steps; auto = 0.5 with P, 1/λmax(Σ) without"
+    )
 
     @model_validator(mode="after")
     def _positive_rate(self) -> Training:
-        if self.learning_rate != "auto" and not self.learning_rate > 0:
-            raise ValueError("training.learning_rate: must be > 0 or 'auto'")
+        for name in ("learning_rate", "local_learning_rate"):
+            value = getattr(self, name)
+            if value != "auto" and not value > 0:
+                raise ValueError(f"training.{name}: must be > 0 or 'auto'")
         return self
 
 

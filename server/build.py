@@ -1,14 +1,31 @@
-"""Build a GradCovStrategy and the oracle for a scenario."""
+"""Build the strategy a scenario and method name describe, and the oracle."""
 
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import ConfigRecord
 
 from scenarios.federation import Federation, build_federation
 from scenarios.loader import ScenarioError
 from scenarios.schema import Scenario
+from server.baselines import (
+    FLOWER_STRATEGIES,
+    NewtonStrategy,
+    OracleStrategy,
+    flower_strategy,
+    local_training_config,
+)
 from server.strategy import GradCovStrategy
 from shared.metrics import LeastSquaresOracle
+
+# method → scenario overrides that define it (the rest comes from the scenario)
+GRADCOV_VARIANTS = {
+    "gradcov": [],
+    "gradcov-uncalibrated": ["protocol.calibration=0"],
+    "gradcov-differential": ["protocol.differential=true"],
+    "fedsgd": ["preconditioner.enabled=false"],
+}
+METHODS = (*GRADCOV_VARIANTS, *FLOWER_STRATEGIES, "oracle", "newton")
 
 
 def oracle_for(scenario: Scenario) -> tuple[Federation, LeastSquaresOracle]:
@@ -17,40 +34,87 @@ def oracle_for(scenario: Scenario) -> tuple[Federation, LeastSquaresOracle]:
     return fed, LeastSquaresOracle(fed.X, fed.y, np.zeros(fed.X.shape[1]))
 
 
-def resolve_learning_rate(scenario: Scenario, oracle: LeastSquaresOracle | None) -> float:
-    """η: the scenario's, or 'auto' = 0.5 with a preconditioner (P·Σ ≈ I) and the
-    oracle-tuned 1/λ_max(Σ) without one (plain FedSGD's best safe constant step)."""
-    lr = scenario.training.learning_rate
-    if lr != "auto":
-        return float(lr)
-    if scenario.preconditioner.enabled or scenario.training.local_steps > 0:
-        return 0.5
-    if oracle is None:
-        raise ScenarioError("training.learning_rate: 'auto' needs the true Σ; set a number")
-    return 1.0 / oracle.largest_eigenvalue()
+def uses_preconditioner(scenario: Scenario, method: str) -> bool:
+    """Whether the method's steps are scaled by a curvature estimate (P ≈ Σ⁻¹)."""
+    if method in ("oracle", "newton"):
+        return True
+    if method in FLOWER_STRATEGIES:
+        return False
+    return scenario.preconditioner.enabled
 
 
-def strategy_for(scenario: Scenario, learning_rate: float) -> GradCovStrategy:
-    """The strategy a scenario describes."""
+def resolve_learning_rates(
+    scenario: Scenario, oracle: LeastSquaresOracle | None, method: str = "gradcov"
+) -> tuple[float, float]:
+    """(server η, client local η), resolving 'auto'.
+
+    With a preconditioner, P·Σ ≈ I and the auto step is 0.5 (1 for the exact
+    oracle and Newton). Without one the only safe scale is 1/λ_max(Σ): auto
+    takes it from the oracle (the best case for plain FedSGD and local steps);
+    Flower's adaptive strategies default to their server η = 0.1.
+    """
+    train = scenario.training
+
+    def top() -> float:
+        if oracle is None:
+            raise ScenarioError("training.learning_rate: 'auto' needs the true Σ here; set a number")
+        return 1.0 / oracle.largest_eigenvalue()
+
+    pre = uses_preconditioner(scenario, method)
+    if train.learning_rate != "auto":
+        server = float(train.learning_rate)
+    elif method in ("oracle", "newton"):
+        server = 1.0
+    elif method in FLOWER_STRATEGIES:
+        server = 0.1
+    else:
+        server = 0.5 if pre else top()
+    if train.local_learning_rate != "auto":
+        local = float(train.local_learning_rate)
+    else:
+        local = 0.5 if pre else top()
+    return server, local
+
+
+def strategy_for(scenario: Scenario, method: str = "gradcov", oracle: LeastSquaresOracle | None = None):
+    """(strategy, train config, server η, local η) for a scenario and method name."""
+    if method not in METHODS:
+        raise ScenarioError(f"method: unknown {method!r}; choose from {', '.join(METHODS)}")
+    lr, local_lr = resolve_learning_rates(scenario, oracle, method)
     proto, pre, train = scenario.protocol, scenario.preconditioner, scenario.training
-    return GradCovStrategy(
-        scenario.dim(),
-        learning_rate=learning_rate,
+    if method in FLOWER_STRATEGIES:
+        strategy = flower_strategy(method, lr, scenario.clients.fraction, local_lr)
+        config = local_training_config(proto.batch_size, train.local_steps, local_lr, train.gradient)
+        return strategy, config, lr, local_lr
+    common = dict(
+        learning_rate=lr,
         fraction_train=scenario.clients.fraction,
         min_available_nodes=scenario.clients.count,
         batch_size=proto.batch_size,
-        probes=proto.probes if pre.enabled else 0,
         calibration=proto.calibration,
         natural_var=scenario.natural_noise_var(),
-        differential_low=proto.differential_low if proto.differential else None,
-        precondition=pre.enabled,
-        ridge=pre.ridge,
-        ridge_fraction=pre.ridge_fraction,
-        refresh_every=pre.refresh_every,
-        warmup_gradients=pre.warmup_gradients,
         train_gradient=train.gradient,
         noisy_targets=train.noisy_targets,
         local_steps=train.local_steps,
-        local_learning_rate=train.local_learning_rate,
+        local_learning_rate=local_lr,
         seed=scenario.seed,
     )
+    if method == "oracle":
+        if oracle is None:
+            raise ScenarioError("method: 'oracle' needs the true Σ, which only a simulation knows")
+        strategy = OracleStrategy(scenario.dim(), oracle.sigma, **common)
+    elif method == "newton":
+        strategy = NewtonStrategy(scenario.dim(), **common)
+    else:
+        strategy = GradCovStrategy(
+            scenario.dim(),
+            **common,
+            probes=proto.probes if pre.enabled else 0,
+            differential_low=proto.differential_low if proto.differential else None,
+            precondition=pre.enabled,
+            ridge=pre.ridge,
+            ridge_fraction=pre.ridge_fraction,
+            refresh_every=pre.refresh_every,
+            warmup_gradients=pre.warmup_gradients,
+        )
+    return strategy, ConfigRecord(), lr, local_lr

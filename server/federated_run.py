@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import platform
 import time
 from importlib import metadata
@@ -13,8 +14,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from scenarios.schema import Scenario
-from server.build import oracle_for, resolve_learning_rate, strategy_for
+from server.build import oracle_for, strategy_for
 from server.partition_grid import PartitionGrid
+from server.strategy import GradCovStrategy
 from shared import protocol as p
 from shared.metrics import sigma_relative_error, sigma_whitened_error
 from shared.plots import plot_convergence
@@ -22,8 +24,14 @@ from shared.results import RoundsWriter, write_json
 from shared.threads import single_thread
 
 
-def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, timeout: float = 600.0) -> dict:
-    """Run a scenario on a grid until the target or the round budget; write results.
+DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not coming back
+
+
+def run_federation(
+    grid: Grid, scenario: Scenario, out_dir: Path, engine: str, method: str = "gradcov", timeout: float = 600.0
+) -> dict:
+    """Run a scenario with one method (see server.build.METHODS) until the target
+    or the round budget; write results.
 
     Writes rounds.csv (row by row), then summary.json, sigma_hat.npy,
     sigma_true.npy, w.npy and convergence.png — also when a round fails, so
@@ -34,8 +42,8 @@ def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, t
     # One BLAS thread: the same summation order in every engine's server process.
     with single_thread():
         _, oracle = oracle_for(scenario)
-        lr = resolve_learning_rate(scenario, oracle)
-        strategy = strategy_for(scenario, lr)
+        strategy, train_config, lr, local_lr = strategy_for(scenario, method, oracle)
+        random.seed(scenario.seed)  # Flower's strategies sample nodes with `random`
         view = PartitionGrid(grid, scenario.clients.count, timeout=timeout)
         w = np.zeros(scenario.dim())
         arrays = ArrayRecord({p.WEIGHTS: Array(w)})
@@ -48,28 +56,28 @@ def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, t
                 t0 = time.perf_counter()
                 failed_before = view.failed
                 replies = view.send_and_receive(
-                    strategy.configure_train(rnd, arrays, ConfigRecord(), view), timeout=timeout
+                    strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), view), timeout=timeout
                 )
-                new, metrics = strategy.aggregate_train(rnd, replies)
+                new, _ = strategy.aggregate_train(rnd, replies)
                 if new is not None:
                     arrays = new
                 w = arrays[p.WEIGHTS].numpy()
-                sigma_hat = strategy.sigma_hat
+                sigma_hat = getattr(strategy, "sigma_hat", None)
                 last = {
                     "round": rnd,
                     "excess_risk": oracle.excess_risk(w),
                     "loss": oracle.loss(w),
                     "sigma_rel_error": None if sigma_hat is None else sigma_relative_error(sigma_hat, oracle.sigma),
                     "sigma_whitened_error": None if sigma_hat is None else sigma_whitened_error(sigma_hat, oracle.sigma),
-                    "gradients_pooled": strategy.pool.gradients,
+                    "gradients_pooled": pool.gradients if (pool := getattr(strategy, "pool", None)) else None,
                     "bytes_up": view.bytes_up,
                     "bytes_down": view.bytes_down,
-                    "clients_replied": int(metrics["clients-replied"]) if metrics else 0,
+                    "clients_replied": len(replies) - sum(r.has_error() for r in replies),
                     "clients_failed": view.failed - failed_before,
                     "seconds": round(time.perf_counter() - t0, 6),
                 }
                 writer.write(last)
-                if not math.isfinite(last["excess_risk"]):
+                if not math.isfinite(last["excess_risk"]) or last["excess_risk"] > DIVERGED:
                     status = "diverged"
                     break
                 if last["excess_risk"] <= scenario.stop.target:
@@ -80,12 +88,14 @@ def run_federation(grid: Grid, scenario: Scenario, out_dir: Path, engine: str, t
             raise
         finally:
             writer.close()
-            summary = _summary(scenario, engine, status, reached, last, lr, time.time() - started)
+            rates = {"learning_rate": lr, "local_learning_rate": local_lr,
+                     "backtracks": getattr(strategy, "backtracks", 0)}
+            summary = _summary(scenario, engine, method, status, reached, last, rates, time.time() - started)
             _save(out_dir, scenario, strategy, oracle, w, summary)
     return summary
 
 
-def _summary(scenario, engine, status, reached, last, lr, seconds) -> dict:
+def _summary(scenario, engine, method, status, reached, last, rates, seconds) -> dict:
     versions = {
         name: _version(name) for name in ("fedsigma", "flwr", "torch", "numpy", "pydantic")
     }
@@ -94,11 +104,12 @@ def _summary(scenario, engine, status, reached, last, lr, seconds) -> dict:
         "scenario": scenario.model_dump(mode="json"),
         "seed": scenario.seed,
         "engine": engine,
+        "method": method,
         "versions": versions,
         "status": status,
         "target": scenario.stop.target,
         "rounds_to_target": reached,
-        "learning_rate": lr,
+        **rates,
         "rounds_run": last.get("round", 0),
         "final": {k: v for k, v in last.items() if k != "round"},
         "wall_seconds": round(seconds, 3),
@@ -116,11 +127,16 @@ def _save(out_dir: Path, scenario, strategy, oracle, w, summary) -> None:
     write_json(out_dir / "summary.json", summary)
     np.save(out_dir / "w.npy", w)
     np.save(out_dir / "sigma_true.npy", oracle.sigma)
-    if strategy.sigma_hat is not None:
-        np.save(out_dir / "sigma_hat.npy", strategy.sigma_hat)
+    sigma_hat = getattr(strategy, "sigma_hat", None)
+    if sigma_hat is not None:
+        np.save(out_dir / "sigma_hat.npy", sigma_hat)
     if (out_dir / "rounds.csv").stat().st_size > 0:
         plot_convergence(
             out_dir / "rounds.csv", out_dir / "convergence.png", title=scenario.name,
             target=scenario.stop.target,
-            warmup_gradients=strategy.warmup_gradients if strategy.precondition else None,
+            warmup_gradients=(
+                strategy.warmup_gradients
+                if isinstance(strategy, GradCovStrategy) and strategy.probes > 0 and strategy.precondition
+                else None
+            ),
         )

@@ -25,6 +25,8 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = out_dir.resolve()
     log(INFO, "fedsigma: scenario %s, results → %s", scenario.name, out_dir)
-    summary = run_federation(grid, scenario, out_dir, engine=str(cfg.get("engine", "flwr-run")))
+    summary = run_federation(
+        grid, scenario, out_dir, engine=str(cfg.get("engine", "flwr-run")), method=str(cfg.get("method", "gradcov"))
+    )
     log(INFO, "fedsigma: %s after %s rounds (target reached in %s)", summary["status"],
         summary["rounds_run"], summary["rounds_to_target"])

@@ -64,6 +64,9 @@ class GradCovStrategy(Strategy):
     seed : int
         Seeds client sampling: the same seed samples the same positions in the
         grid's node list every run.
+    backtracking : bool
+        With exact gradients (all clients, full local data, clean targets),
+        halve η and retake the step whenever ḡᵀPḡ grows (see ``_backtrack``).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class GradCovStrategy(Strategy):
         local_steps: int = 0,
         local_learning_rate: float = 0.5,
         seed: int = 0,
+        backtracking: bool = True,
     ) -> None:
         self.dim = dim
         self.learning_rate = learning_rate
@@ -116,6 +120,9 @@ class GradCovStrategy(Strategy):
         self._version = 0  # bumped whenever P changes, to resend it to clients that use it
         self._sent: dict[int, int] = {}
         self._weights = np.zeros(dim)
+        self.backtracking = backtracking
+        self.backtracks = 0  # how often η was halved
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (w, ḡ) of the last step taken
 
     # -- what callers read -------------------------------------------------
     @property
@@ -148,6 +155,7 @@ class GradCovStrategy(Strategy):
     def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """The protocol the clients follow this round, on top of the caller's config."""
         cfg = ConfigRecord(dict(config))
+        cfg[p.MODE] = p.MODE_GRADCOV
         cfg[p.ROUND] = server_round
         cfg[p.BATCH_SIZE] = self.batch_size
         cfg[p.PROBES] = self.probes
@@ -171,7 +179,7 @@ class GradCovStrategy(Strategy):
             if self.local_steps > 0 and self._sent.get(node, -1) < self._version:
                 out[p.PRECONDITIONER] = Array(self.preconditioner)
                 self._sent[node] = self._version
-            content = RecordDict({p.ARRAYS: out, p.CONFIG: cfg})
+            content = RecordDict({p.ARRAYS: out, p.CONFIG: self.node_config(node, cfg)})
             messages.append(
                 Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
             )
@@ -189,26 +197,55 @@ class GradCovStrategy(Strategy):
             return None, MetricRecord({"clients-replied": 0})
         updates, weights = [], []
         for reply in valid:
-            counts = reply.content[p.METRICS]
-            arrays = reply.content[p.ARRAYS]
-            probe = arrays[p.PROBE_GRADS].numpy()
-            if probe.size:
-                coef = estimator_coefficients(
-                    self.noise_levels, self.batch_size, int(counts[p.LOCAL_ROWS]), self.natural_var
-                )
-                self.pool.add(probe, coef)
-            updates.append(arrays[p.UPDATE].numpy())
-            weights.append(float(counts[p.NUM_EXAMPLES]))
+            self.absorb(reply)
+            updates.append(reply.content[p.ARRAYS][p.UPDATE].numpy())
+            weights.append(float(reply.content[p.METRICS][p.NUM_EXAMPLES]))
         self._update_preconditioner(server_round)
         mean = np.average(np.stack(updates), axis=0, weights=weights)
         if self.local_steps > 0:
             new = self._weights + mean
         else:
-            new = self._weights - self.learning_rate * (self.preconditioner @ mean)
+            start, mean = self._backtrack(self._weights, mean)
+            new = start - self.learning_rate * (self.preconditioner @ mean)
         metrics = MetricRecord(
             {"clients-replied": len(valid), "gradients-pooled": self.pool.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
+
+    def _backtrack(self, w: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where to step from: undo the last step if it made things worse.
+
+        With exact gradients (every client, full local data, clean targets) the
+        P-norm ḡᵀPḡ of a convergent preconditioned step shrinks; if it grew, a
+        direction of PΣ exceeds 2/η (Σ̂ too small there). Then η is halved and
+        the step is retaken from the previous point with its gradient, which the
+        server still holds — no extra communication.
+        """
+        exact = (
+            self.backtracking and self.precondition and self.fraction_train >= 1.0
+            and self.train_gradient == "full" and not self.noisy_targets
+        )
+        if exact and self._previous is not None:
+            w_prev, g_prev = self._previous
+            P = self.preconditioner
+            if grad @ P @ grad > g_prev @ P @ g_prev:
+                self.learning_rate /= 2
+                self.backtracks += 1
+                return w_prev, g_prev
+        self._previous = (w, grad)
+        return w, grad
+
+    def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
+        """The config sent to one node (override to vary it per node)."""
+        return config
+
+    def absorb(self, reply: Message) -> None:
+        """Take what one reply adds to the curvature estimate: its probes, into the pool."""
+        probe = reply.content[p.ARRAYS][p.PROBE_GRADS].numpy()
+        if probe.size:
+            rows = int(reply.content[p.METRICS][p.LOCAL_ROWS])
+            coef = estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
+            self.pool.add(probe, coef)
 
     def _update_preconditioner(self, server_round: int) -> None:
         if not self.precondition:

@@ -17,6 +17,10 @@ WEIGHTS = "w"
 PRECONDITIONER = "P"
 
 # server → client config
+MODE = "mode"  # what the client computes: MODE_GRADCOV (default) or MODE_LOCAL
+MODE_GRADCOV = "gradcov"  # probes + training gradient/update (GradCovStrategy)
+MODE_LOCAL = "local"  # FedAvg-style local training, new weights back (Flower's strategies)
+SEND_HESSIAN = "send-hessian"  # the Newton baseline asks for XᵀX/N once
 ROUND = "server-round"
 BATCH_SIZE = "batch-size"
 PROBES = "probes"
@@ -30,6 +34,7 @@ LOCAL_LR = "local-lr"
 # client → server arrays
 PROBE_GRADS = "probes"
 UPDATE = "update"
+HESSIAN = "hessian"  # only when SEND_HESSIAN is set: the Newton baseline, not GradCov
 
 # client → server counts
 PARTITION_ID = "partition-id"

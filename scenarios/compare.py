@@ -1,0 +1,193 @@
+"""``fedsigma compare``: one scenario, every method, learning rates tuned on a grid.
+
+Every method runs the same scenario (same data, partitions, seed, client
+sampling, w₀ = 0, round budget) through the same engine and round loop, so
+rounds and bytes are counted identically: a round is one server → clients →
+server exchange; bytes are the serialized array payloads each way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from scenarios.loader import ScenarioError, load_scenario  # noqa: E402
+from server.baselines import FLOWER_STRATEGIES  # noqa: E402
+from server.build import GRADCOV_VARIANTS, METHODS, oracle_for, resolve_learning_rates  # noqa: E402
+from shared.results import read_rounds  # noqa: E402
+
+# Tuning grids. "×auto" grids are multiples of the method's auto value (for
+# steps without a preconditioner that is 1/λ_max(Σ), so 1.9× is just inside
+# the stability limit 2/λ_max); the others are absolute.
+GRIDS: dict[str, tuple[str, tuple[float, ...], bool]] = {
+    # method: (scenario key under [training], values, values are multiples of auto)
+    **{m: ("learning_rate", (0.5, 0.75, 1.0), False) for m in ("gradcov", "gradcov-uncalibrated",
+                                                               "gradcov-differential", "oracle", "newton")},
+    "fedsgd": ("learning_rate", (0.5, 1.0, 1.9), True),
+    "fedavg": ("local_learning_rate", (0.5, 1.0, 1.9), True),
+    **{m: ("learning_rate", (0.03, 0.1, 0.3), False) for m in ("fedadam", "fedyogi", "fedadagrad")},
+}
+COLUMNS = (
+    "method", "rounds_to_target", "bytes_up_to_target", "bytes_down_to_target",
+    "local_gradient_evals_to_target", "final_excess_risk", "wall_seconds", "learning_rate",
+    "local_learning_rate", "tuned_parameter", "tuned_grid", "run_dir",
+)
+
+
+@dataclass
+class Outcome:
+    """One finished run of one method at one tuned value."""
+
+    method: str
+    value: float
+    out: Path
+    summary: dict
+    rows: list[dict]
+    wall: float
+
+    @property
+    def reached(self) -> int | None:
+        return self.summary["rounds_to_target"]
+
+    def rank(self) -> tuple:
+        """Best first: reached the target sooner, else ended lower."""
+        risk = self.summary["final"].get("excess_risk")
+        return (self.reached or math.inf, risk if risk is not None and math.isfinite(risk) else math.inf)
+
+
+def evals_per_client(scenario, method: str) -> int:
+    """Gradient evaluations one client makes per round (any batch size)."""
+    steps = max(scenario.training.local_steps, 1)
+    if method in FLOWER_STRATEGIES or method in ("oracle", "newton", "fedsgd"):
+        return steps
+    levels = 2 if scenario.protocol.differential else 1
+    return scenario.protocol.probes * levels + steps
+
+
+def compare(
+    scenario_ref: str,
+    methods: list[str],
+    overrides: list[str],
+    out: Path,
+    console: Console,
+    max_rounds: int | None = None,
+) -> list[dict]:
+    """Run every method over its grid; write comparison.csv/.png; return the table rows."""
+    from scenarios.cli import run_engine  # the same entry the `run` command uses
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ScenarioError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    base = load_scenario(scenario_ref, overrides)
+    budget = max_rounds or base.stop.max_rounds
+    _, oracle = oracle_for(base)
+    best: dict[str, Outcome] = {}
+    for method in methods:
+        key, grid, relative = GRIDS[method]
+        sets = [*overrides, *GRADCOV_VARIANTS.get(method, []), f"stop.max_rounds={budget}"]
+        scenario = load_scenario(scenario_ref, sets)
+        auto = resolve_learning_rates(scenario, oracle, method)[0 if key == "learning_rate" else 1]
+        values = [v * auto for v in grid] if relative else list(grid)
+        tried = []
+        for value in values:
+            run_dir = out / method / f"{key}-{value:.4g}"
+            sc = load_scenario(scenario_ref, [*sets, f"training.{key}={value!r}"])
+            started = time.perf_counter()
+            console.print(f"  {method:<22} {key} = {value:.4g} …", end="", highlight=False)
+            run_engine(sc, run_dir, method)
+            summary = json.loads((run_dir / "summary.json").read_text())
+            outcome = Outcome(method, value, run_dir, summary, read_rounds(run_dir / "rounds.csv"),
+                              time.perf_counter() - started)
+            console.print(f" {summary['status']}, {outcome.reached or '-'} rounds", highlight=False)
+            tried.append(outcome)
+        best[method] = min(tried, key=Outcome.rank)
+    rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out)
+            for o in best.values()]
+    rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
+    _write_csv(out / "comparison.csv", rows)
+    _plot(best, out / "comparison.png", f"{base.name}: best-tuned run of each method", base.stop.target)
+    _print(rows, console, base.stop.target, budget)
+    return rows
+
+
+def _row(o: Outcome, scenario, out: Path) -> dict:
+    key, grid, relative = GRIDS[o.method]
+    hit = next((r for r in o.rows if o.reached and int(r["round"]) == o.reached), None)
+    per = evals_per_client(scenario, o.method)
+    evals = sum(int(r["clients_replied"]) for r in o.rows[: o.reached]) * per if hit else None
+    return {
+        "method": o.method,
+        "rounds_to_target": o.reached or "",
+        "bytes_up_to_target": int(hit["bytes_up"]) if hit else "",
+        "bytes_down_to_target": int(hit["bytes_down"]) if hit else "",
+        "local_gradient_evals_to_target": evals if evals is not None else "",
+        "final_excess_risk": o.summary["final"].get("excess_risk"),
+        "wall_seconds": round(o.wall, 2),
+        "learning_rate": o.summary["learning_rate"],
+        "local_learning_rate": o.summary["local_learning_rate"],
+        "tuned_parameter": f"training.{key}",
+        "tuned_grid": " ".join(f"{v:g}" for v in grid) + (" ×auto" if relative else ""),
+        "run_dir": str(o.out.relative_to(out)),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> None:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for method, o in best.items():
+        pts = [(r["round"], r["bytes_up"], r["excess_risk"]) for r in o.rows if r["excess_risk"] is not None]
+        if not pts:
+            continue
+        rounds, up, risk = zip(*pts)
+        style = dict(ls="-" if method.startswith("gradcov") else "--", lw=2.2 if method == "gradcov" else 1.3,
+                     marker="o" if len(pts) < 30 else None, ms=4, label=method)
+        ax1.loglog(rounds, risk, **style)
+        ax2.loglog(up, risk, **style)
+    for ax, xlabel in ((ax1, "round"), (ax2, "uplink bytes (cumulative)")):
+        ax.axhline(target, ls=":", color="grey")
+        ax.set_ylim(bottom=target / 100)  # one-round methods land at ~1e-19: keep the scale readable
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("relative excess risk")
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.set_title("against rounds")
+    ax2.set_title("against uplink bytes")
+    ax1.legend(fontsize=8, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _print(rows: list[dict], console: Console, target: float, budget: int) -> None:
+    table = Table(title=f"rounds to {target:g} (budget {budget} rounds), sorted by rounds")
+    for col in ("method", "rounds", "uplink bytes", "downlink bytes", "grad evals", "final risk", "tuned"):
+        table.add_column(col)
+    for r in rows:
+        lr = r["local_learning_rate"] if r["tuned_parameter"].endswith("local_learning_rate") else r["learning_rate"]
+        table.add_row(
+            r["method"], str(r["rounds_to_target"] or "not reached"),
+            f"{r['bytes_up_to_target']:,}" if r["bytes_up_to_target"] != "" else "",
+            f"{r['bytes_down_to_target']:,}" if r["bytes_down_to_target"] != "" else "",
+            f"{r['local_gradient_evals_to_target']:,}" if r["local_gradient_evals_to_target"] != "" else "",
+            f"{r['final_excess_risk']:.2e}",
+            f"{'local η' if r['tuned_parameter'].endswith('local_learning_rate') else 'η'} = {lr:.3g}",
+        )
+    console.print(table)
