@@ -105,13 +105,19 @@ def compare(
             sc = load_scenario(scenario_ref, [*sets, f"training.{key}={value!r}"])
             started = time.perf_counter()
             console.print(f"  {method:<22} {key} = {value:.4g} …", end="", highlight=False)
-            run_engine(sc, run_dir, method)
+            try:
+                run_engine(sc, run_dir, method)
+            except Exception as exc:  # noqa: BLE001 — one failed setting must not end the comparison
+                console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
+                if not (run_dir / "summary.json").is_file():
+                    continue
             summary = json.loads((run_dir / "summary.json").read_text())
             outcome = Outcome(method, value, run_dir, summary, read_rounds(run_dir / "rounds.csv"),
                               time.perf_counter() - started)
             console.print(f" {summary['status']}, {outcome.reached or '-'} rounds", highlight=False)
             tried.append(outcome)
-        best[method] = min(tried, key=Outcome.rank)
+        if tried:
+            best[method] = min(tried, key=Outcome.rank)
     rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out)
             for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))

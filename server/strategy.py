@@ -255,8 +255,11 @@ class GradCovStrategy(Strategy):
             new = warmup_preconditioner(sigma_hat, self.dim)
         elif self.refreshed_at is None or server_round - self.refreshed_at >= self.refresh_every:
             lam = self.ridge if self.ridge is not None else default_ridge(sigma_hat, self.ridge_fraction)
-            new = ridge_preconditioner(sigma_hat, lam)
-            self.refreshed_at = server_round
+            try:
+                new = ridge_preconditioner(sigma_hat, lam)
+                self.refreshed_at = server_round
+            except ValueError:  # Σ̂ + λI singular (e.g. a differential Σ̂ with no positive part yet)
+                new = warmup_preconditioner(sigma_hat, self.dim)
         else:
             return
         if not np.array_equal(new, self.preconditioner):

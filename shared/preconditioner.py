@@ -6,8 +6,13 @@ import numpy as np
 
 
 def default_ridge(sigma_hat: np.ndarray, fraction: float) -> float:
-    """λ = fraction · tr(Σ̂)/d, a ridge in the units of Σ̂'s average eigenvalue."""
-    return fraction * float(np.trace(sigma_hat)) / sigma_hat.shape[0]
+    """λ = fraction · tr(Σ̂₊)/d, a ridge in the units of Σ̂'s average eigenvalue.
+
+    Σ̂₊ keeps the non-negative eigenvalues only (a differential estimate can
+    have negative ones); 0 means Σ̂ carries no usable curvature yet.
+    """
+    vals = np.linalg.eigvalsh((sigma_hat + sigma_hat.T) / 2)
+    return fraction * float(np.clip(vals, 0.0, None).sum()) / sigma_hat.shape[0]
 
 
 def ridge_preconditioner(sigma_hat: np.ndarray, ridge: float) -> np.ndarray:

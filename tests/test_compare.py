@@ -1,0 +1,81 @@
+"""`fedsigma compare` on a small scenario: a complete table, and the oracle on top."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from _support import write_scenario
+
+from scenarios.cli import DEFAULT_METHODS, main
+from scenarios.compare import COLUMNS
+
+SMALL = """
+seed = 2
+[data]
+dim = 8
+condition_number = 50.0
+rows_per_client = 200
+[clients]
+count = 4
+[protocol]
+batch_size = 32
+probes = 8
+[preconditioner]
+warmup_gradients = 64
+[stop]
+max_rounds = 40
+target = 1e-6
+"""
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    scenario = write_scenario(tmp / "small.toml", SMALL)
+    out = tmp / "out"
+    assert main(["compare", str(scenario), "--out", str(out)]) == 0
+    with (out / "comparison.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return out, rows
+
+
+def test_table_is_complete(comparison):
+    out, rows = comparison
+    assert sorted(r["method"] for r in rows) == sorted(DEFAULT_METHODS)
+    assert tuple(rows[0]) == COLUMNS
+    assert (out / "comparison.png").stat().st_size > 10_000
+    for r in rows:
+        assert (out / r["run_dir"] / "rounds.csv").is_file()  # every method's own run folder
+        assert float(r["learning_rate"]) > 0 and r["tuned_grid"]
+        if r["rounds_to_target"]:
+            assert int(r["bytes_up_to_target"]) > 0 and int(r["bytes_down_to_target"]) > 0
+            assert int(r["local_gradient_evals_to_target"]) > 0
+            assert float(r["final_excess_risk"]) <= 1e-6
+        else:
+            assert r["bytes_up_to_target"] == "" and float(r["final_excess_risk"]) > 1e-6
+    # sorted by rounds, unreached last
+    reached = [int(r["rounds_to_target"]) for r in rows if r["rounds_to_target"]]
+    assert reached == sorted(reached)
+    assert all(r["rounds_to_target"] for r in rows[: len(reached)])
+
+
+def test_oracle_is_never_beaten(comparison):
+    _, rows = comparison
+    by = {r["method"]: r for r in rows}
+    oracle = int(by["oracle"]["rounds_to_target"])
+    for r in rows:
+        if r["rounds_to_target"] and r["method"] != "newton":  # Newton also has the exact Hessian
+            assert int(r["rounds_to_target"]) >= oracle, r["method"]
+    # the method itself gets there, and faster than plain FedSGD within the budget
+    assert by["gradcov"]["rounds_to_target"]
+    assert not by["fedsgd"]["rounds_to_target"] or int(by["fedsgd"]["rounds_to_target"]) > int(
+        by["gradcov"]["rounds_to_target"])
+    # Newton pays d² floats per client up front: more uplink than the oracle, which pays nothing
+    assert int(by["newton"]["bytes_up_to_target"]) > int(by["oracle"]["bytes_up_to_target"])
+
+
+def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
+    assert main(["compare", "quickstart", "--methods", "gradcov,sgdx", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--methods" in err[0] and "sgdx" in err[0]
