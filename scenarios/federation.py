@@ -16,7 +16,7 @@ from shared import data as datasets
 from shared import partition
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: cached objects key other caches
 class Federation:
     """Pooled rows and each client's shard of them.
 
@@ -61,6 +61,7 @@ def _build(key: str) -> Federation:
             dof=d.student_t_dof,
             noise_std=d.noise_std,
             signal_variance=d.signal_variance,
+            spikes=d.spikes,
         )
     else:
         if d.kind == "diabetes":

@@ -25,7 +25,8 @@ class Data(_Section):
     kind: Literal["synthetic", "diabetes", "csv"] = "synthetic"
     dim: int = Field(20, ge=1, le=20000, description="d, synthetic features")
     condition_number: float = Field(10.0, ge=1.0, description="κ(Σ) = λmax/λmin")
-    spectrum: Literal["geometric", "linear", "two_level"] = "geometric"
+    spectrum: Literal["geometric", "linear", "two_level", "spiked"] = "geometric"
+    spikes: int = Field(10, ge=1, description="large eigenvalues of a 'spiked' spectrum")
     rotate: bool = Field(True, description="random rotation of Σ's eigenbasis")
     inputs: Literal["gaussian", "rademacher", "student_t"] = "gaussian"
     student_t_dof: float = Field(5.0, gt=2.0, description="ν for student_t inputs")
@@ -93,7 +94,10 @@ class Preconditioner(_Section):
     ridge_fraction: float = Field(1e-3, ge=0.0)
     refresh_every: int = Field(1, ge=1, description="rounds between refreshes of P")
     warmup_gradients: int | None = Field(
-        None, ge=0, description="probe gradients pooled before the first P; default 10·d"
+        None, ge=0, description="probe gradients pooled before the first P; default 10·d (10·rank)"
+    )
+    rank: int | None = Field(
+        None, ge=1, description="low-rank-plus-ridge P of this rank (Woodbury; for large d); None = dense"
     )
 
 
@@ -142,6 +146,11 @@ class Scenario(_Section):
         total, count, batch = self.total_rows(), self.clients.count, self.protocol.batch_size
         if count > total:
             raise ValueError(f"clients.count: {count} clients but only {total} rows of data")
+        rank = self.preconditioner.rank
+        if rank is not None and rank >= self.dim():
+            raise ValueError(f"preconditioner.rank: {rank} must be below d = {self.dim()}; or remove it (dense P)")
+        if rank is not None and self.training.local_steps > 0:
+            raise ValueError("training.local_steps: local steps need a dense P; set 0 or remove preconditioner.rank")
         # size_skew guarantees every shard batch_size rows; other partitions split evenly
         smallest = batch if self.partition.kind == "size_skew" else total // count
         if batch > smallest or count * batch > total:

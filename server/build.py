@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from flwr.app import ConfigRecord
 
@@ -29,9 +31,15 @@ METHODS = (*GRADCOV_VARIANTS, *FLOWER_STRATEGIES, "oracle", "newton")
 
 
 def oracle_for(scenario: Scenario) -> tuple[Federation, LeastSquaresOracle]:
-    """The union of all clients' data and its least-squares oracle, started at w₀ = 0."""
+    """The union of all clients' data and its least-squares oracle, started at w₀ = 0
+    (cached per federation: a comparison runs many methods on the same data)."""
     fed = build_federation(scenario)
-    return fed, LeastSquaresOracle(fed.X, fed.y, np.zeros(fed.X.shape[1]))
+    return fed, _oracle(fed)
+
+
+@lru_cache(maxsize=2)
+def _oracle(fed: Federation) -> LeastSquaresOracle:
+    return LeastSquaresOracle(fed.X, fed.y, np.zeros(fed.X.shape[1]))
 
 
 def uses_preconditioner(scenario: Scenario, method: str) -> bool:
@@ -116,5 +124,6 @@ def strategy_for(scenario: Scenario, method: str = "gradcov", oracle: LeastSquar
             ridge_fraction=pre.ridge_fraction,
             refresh_every=pre.refresh_every,
             warmup_gradients=pre.warmup_gradients,
+            rank=pre.rank,
         )
     return strategy, ConfigRecord(), lr, local_lr

@@ -24,6 +24,7 @@ from shared.results import RoundsWriter, write_json
 from shared.threads import single_thread
 
 
+SIGMA_METRICS_MAX_DIM = 1000
 DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not coming back
 
 
@@ -62,7 +63,8 @@ def run_federation(
                 if new is not None:
                     arrays = new
                 w = arrays[p.WEIGHTS].numpy()
-                sigma_hat = getattr(strategy, "sigma_hat", None)
+                # Σ̂'s errors need d × d eigendecompositions: skipped (empty) above SIGMA_METRICS_MAX_DIM
+                sigma_hat = getattr(strategy, "sigma_hat", None) if scenario.dim() <= SIGMA_METRICS_MAX_DIM else None
                 last = {
                     "round": rnd,
                     "excess_risk": oracle.excess_risk(w),

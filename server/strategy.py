@@ -20,6 +20,7 @@ from flwr.supercore import log
 from shared import protocol as p
 from shared.calibration import estimator_coefficients
 from shared.estimators import CovariancePool
+from shared.lowrank import LowRankPreconditioner, SketchPool
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
 
 
@@ -67,6 +68,10 @@ class GradCovStrategy(Strategy):
     backtracking : bool
         With exact gradients (all clients, full local data, clean targets),
         halve η and retake the step whenever ḡᵀPḡ grows (see ``_backtrack``).
+    rank : int or None
+        None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
+        sketch of 2r + ``sketch_oversample`` columns and P applied with the
+        Woodbury identity, never forming a d × d matrix (for large d).
     """
 
     def __init__(
@@ -92,6 +97,8 @@ class GradCovStrategy(Strategy):
         local_learning_rate: float = 0.5,
         seed: int = 0,
         backtracking: bool = True,
+        rank: int | None = None,
+        sketch_oversample: int = 10,
     ) -> None:
         self.dim = dim
         self.learning_rate = learning_rate
@@ -108,14 +115,20 @@ class GradCovStrategy(Strategy):
         self.ridge = ridge
         self.ridge_fraction = ridge_fraction
         self.refresh_every = refresh_every
-        self.warmup_gradients = 10 * dim if warmup_gradients is None else warmup_gradients
+        self.warmup_gradients = 10 * (rank or dim) if warmup_gradients is None else warmup_gradients
         self.train_gradient = train_gradient
         self.noisy_targets = noisy_targets
         self.local_steps = local_steps
         self.local_learning_rate = local_learning_rate
         self.seed = seed
-        self.pool = CovariancePool(dim, len(self.noise_levels))
-        self.preconditioner = np.eye(dim) if not precondition else warmup_preconditioner(None, dim)
+        self.rank = rank
+        if rank is None:
+            self.pool = CovariancePool(dim, len(self.noise_levels))
+            self.preconditioner = np.eye(dim) if not precondition else warmup_preconditioner(None, dim)
+        else:
+            sketch = min(2 * rank + sketch_oversample, dim)  # oversampled: a one-pass sketch tilts the subspace
+            self.pool = SketchPool(dim, sketch, len(self.noise_levels), seed)
+            self.preconditioner = LowRankPreconditioner.scaled_identity(dim, 0.0 if precondition else 1.0)
         self.refreshed_at: int | None = None  # round of the last (Σ̂ + λI)⁻¹ refresh
         self._version = 0  # bumped whenever P changes, to resend it to clients that use it
         self._sent: dict[int, int] = {}
@@ -127,8 +140,18 @@ class GradCovStrategy(Strategy):
     # -- what callers read -------------------------------------------------
     @property
     def sigma_hat(self) -> np.ndarray | None:
-        """The pooled estimate Σ̂ (d, d), or None before any probe arrived."""
-        return self.pool.estimate()
+        """The pooled estimate Σ̂ (d, d), or None before any probe arrived.
+
+        In low-rank mode this builds U diag(s − b) Uᵀ + bI densely, for metrics
+        only, and only up to d = 2000 (the strategy itself never needs it).
+        """
+        if self.rank is None:
+            return self.pool.estimate()
+        parts = self.pool.factors(self.rank)
+        if parts is None or self.dim > 2000:
+            return None
+        U, s, bulk = parts
+        return (U * (s - bulk)) @ U.T + bulk * np.eye(self.dim)
 
     @property
     def warming_up(self) -> bool:
@@ -250,6 +273,9 @@ class GradCovStrategy(Strategy):
     def _update_preconditioner(self, server_round: int) -> None:
         if not self.precondition:
             return
+        if self.rank is not None:
+            self._update_low_rank(server_round)
+            return
         sigma_hat = self.sigma_hat
         if sigma_hat is None or self.pool.gradients < self.warmup_gradients:
             new = warmup_preconditioner(sigma_hat, self.dim)
@@ -265,6 +291,23 @@ class GradCovStrategy(Strategy):
         if not np.array_equal(new, self.preconditioner):
             self.preconditioner = new
             self._version += 1
+
+    def _update_low_rank(self, server_round: int) -> None:
+        parts = self.pool.factors(self.rank)
+        if parts is None:
+            return
+        U, s, bulk = parts
+        if self.pool.gradients < self.warmup_gradients:
+            top = float(s[0]) if len(s) else 0.0
+            self.preconditioner = LowRankPreconditioner.scaled_identity(self.dim, 1.0 / top if top > 0 else 0.0)
+        elif self.refreshed_at is None or server_round - self.refreshed_at >= self.refresh_every:
+            mean_eig = (float(s.sum()) + bulk * (self.dim - len(s))) / self.dim
+            lam = self.ridge if self.ridge is not None else self.ridge_fraction * mean_eig
+            if bulk + lam <= 0:
+                return
+            self.preconditioner = LowRankPreconditioner(U, s, bulk, lam)
+            self.refreshed_at = server_round
+        self._version += 1
 
     # -- no federated evaluation: the simulator evaluates centrally ----------
     def configure_evaluate(

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-SPECTRA = ("geometric", "linear", "two_level")
+SPECTRA = ("geometric", "linear", "two_level", "spiked")
 INPUTS = ("gaussian", "rademacher", "student_t")
 
 
-def spectrum(dim: int, condition_number: float, shape: str) -> np.ndarray:
+def spectrum(dim: int, condition_number: float, shape: str, spikes: int = 10) -> np.ndarray:
     """Eigenvalues of Σ, largest first, with max/min = κ and mean 1 (tr Σ = d).
 
-    shape: ``geometric`` (log-uniform), ``linear`` or ``two_level`` (half at the
-    top, half at the bottom).
+    shape: ``geometric`` (log-uniform), ``linear``, ``two_level`` (half at the
+    top, half at the bottom) or ``spiked`` (``spikes`` at the top, the rest at
+    the bottom: the low-rank-plus-ridge case).
     """
     top, bottom = 1.0, 1.0 / condition_number
     if dim == 1:
@@ -32,6 +33,8 @@ def spectrum(dim: int, condition_number: float, shape: str) -> np.ndarray:
         vals = np.linspace(top, bottom, dim)
     elif shape == "two_level":
         vals = np.where(np.arange(dim) < (dim + 1) // 2, top, bottom)
+    elif shape == "spiked":
+        vals = np.where(np.arange(dim) < min(spikes, dim), top, bottom)
     else:
         raise ValueError(f"unknown spectrum {shape!r}; choose one of {SPECTRA}")
     return vals * dim / vals.sum()
@@ -84,6 +87,7 @@ def synthetic_regression(
     dof: float = 5.0,
     noise_std: float = 0.0,
     signal_variance: float = 1.0,
+    spikes: int = 10,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw a linear-regression data set with population second moment Σ.
 
@@ -94,7 +98,7 @@ def synthetic_regression(
     w_star : ndarray (d,), scaled so that w*ᵀΣw* = signal_variance
     sigma : ndarray (d, d), the population Σ
     """
-    vals = spectrum(dim, condition_number, shape)
+    vals = spectrum(dim, condition_number, shape, spikes)
     basis = random_rotation(dim, rng) if rotate else np.eye(dim)
     sigma = (basis * vals) @ basis.T
     w_star = rng.standard_normal(dim)

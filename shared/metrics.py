@@ -58,4 +58,8 @@ class LeastSquaresOracle:
 
     def largest_eigenvalue(self) -> float:
         """λ_max(Σ), which sets the largest stable plain-GD step 2/λ_max."""
-        return float(np.linalg.eigvalsh(self.sigma)[-1])
+        if len(self.sigma) <= 1000:
+            return float(np.linalg.eigvalsh(self.sigma)[-1])
+        from scipy.sparse.linalg import eigsh  # Lanczos: a full eigh of a large Σ takes minutes
+
+        return float(eigsh(self.sigma, k=1, which="LA", return_eigenvectors=False, v0=np.ones(len(self.sigma)))[0])
