@@ -20,13 +20,13 @@ from shared import partition
 class Federation:
     """Pooled rows and each client's shard of them.
 
-    X : (N, d); y : (N,); shards[k] : indices of client k's rows;
+    X : (N, d); y : (N,); shards[k] : the slice of client k's rows (contiguous);
     sigma_population : the generating Σ for synthetic data (else None).
     """
 
     X: np.ndarray
     y: np.ndarray
-    shards: tuple[np.ndarray, ...]
+    shards: tuple[slice, ...]
     sigma_population: np.ndarray | None
 
     def client(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +76,11 @@ def _build(key: str) -> Federation:
         shards = partition.covariate_shift(X, count, sc.partition.shift_strength, part_rng)
     else:
         shards = partition.size_skew(len(X), count, sc.partition.size_alpha, sc.protocol.batch_size, part_rng)
+    # Store shards contiguously so that a client's rows are a view, not a copy.
+    order = np.concatenate(shards)
+    X, y = np.ascontiguousarray(X[order]), y[order]
+    bounds = np.cumsum([0] + [len(s) for s in shards])
     for arr in (X, y):
         arr.setflags(write=False)
-    return Federation(X=X, y=y, shards=tuple(shards), sigma_population=sigma)
+    slices = tuple(slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
+    return Federation(X=X, y=y, shards=slices, sigma_population=sigma)

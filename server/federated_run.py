@@ -25,6 +25,7 @@ from shared.threads import single_thread
 
 
 SIGMA_METRICS_MAX_DIM = 1000
+SIGMA_FILES_MAX_DIM = 2000
 DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not coming back
 
 
@@ -128,10 +129,11 @@ def _version(name: str) -> str | None:
 def _save(out_dir: Path, scenario, strategy, oracle, w, summary) -> None:
     write_json(out_dir / "summary.json", summary)
     np.save(out_dir / "w.npy", w)
-    np.save(out_dir / "sigma_true.npy", oracle.sigma)
-    sigma_hat = getattr(strategy, "sigma_hat", None)
-    if sigma_hat is not None:
-        np.save(out_dir / "sigma_hat.npy", sigma_hat)
+    if scenario.dim() <= SIGMA_FILES_MAX_DIM:  # d × d files: 200 MB each at d = 5000
+        np.save(out_dir / "sigma_true.npy", oracle.sigma)
+        sigma_hat = getattr(strategy, "sigma_hat", None)
+        if sigma_hat is not None:
+            np.save(out_dir / "sigma_hat.npy", sigma_hat)
     if (out_dir / "rounds.csv").stat().st_size > 0:
         plot_convergence(
             out_dir / "rounds.csv", out_dir / "convergence.png", title=scenario.name,

@@ -96,9 +96,13 @@ def synthetic_regression(
     X : ndarray (rows, d)
     y : ndarray (rows,)
     w_star : ndarray (d,), scaled so that w*ᵀΣw* = signal_variance
-    sigma : ndarray (d, d), the population Σ
+    sigma : ndarray (d, d), the population Σ; None for a rotated ``spiked``
+        spectrum above d = 2000, which is drawn as x = √b·z + U·√(a − b)·ζ
+        (U: d × spikes orthonormal, ζ Gaussian) without forming any d × d matrix
     """
     vals = spectrum(dim, condition_number, shape, spikes)
+    if shape == "spiked" and rotate:
+        return _spiked_regression(rows, dim, vals, min(spikes, dim), rng, inputs, dof, noise_std, signal_variance)
     basis = random_rotation(dim, rng) if rotate else np.eye(dim)
     sigma = (basis * vals) @ basis.T
     w_star = rng.standard_normal(dim)
@@ -106,6 +110,19 @@ def synthetic_regression(
     z = sample_unit_inputs(rows, dim, inputs, rng, dof)
     X = (z * np.sqrt(vals)) @ basis.T
     y = X @ w_star + noise_std * rng.standard_normal(rows)
+    return X, y, w_star, sigma
+
+
+def _spiked_regression(rows, dim, vals, spikes, rng, inputs, dof, noise_std, signal_variance):
+    top, bottom = float(vals[0]), float(vals[-1])
+    U = np.linalg.qr(rng.standard_normal((dim, spikes)))[0]
+    w_star = rng.standard_normal(dim)
+    proj = U.T @ w_star
+    w_star *= np.sqrt(signal_variance / (bottom * float(w_star @ w_star) + (top - bottom) * float(proj @ proj)))
+    X = np.sqrt(bottom) * sample_unit_inputs(rows, dim, inputs, rng, dof)
+    X += (np.sqrt(top - bottom) * rng.standard_normal((rows, spikes))) @ U.T
+    y = X @ w_star + noise_std * rng.standard_normal(rows)
+    sigma = bottom * np.eye(dim) + (top - bottom) * (U @ U.T) if dim <= 2000 else None
     return X, y, w_star, sigma
 
 

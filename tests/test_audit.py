@@ -87,7 +87,7 @@ def test_client_replies_carry_only_the_protocol(differential, tmp_path):
         assert set(metrics.keys()) == {p.PARTITION_ID, p.NUM_EXAMPLES}
         assert all(_is_int(v) for v in metrics.values()), dict(metrics)
         assert metrics[p.PARTITION_ID] == pid
-        assert metrics[p.NUM_EXAMPLES] == len(fed.shards[pid])
+        assert metrics[p.NUM_EXAMPLES] == len(fed.client(pid)[1])
 
     for msg, node_config, reply in trains:
         pid = int(node_config["partition-id"])
@@ -110,7 +110,7 @@ def test_client_replies_carry_only_the_protocol(differential, tmp_path):
         assert set(metrics.keys()) == set(p.REPLY_COUNTS), where
         assert all(_is_int(v) for v in metrics.values()), f"{where}: {dict(metrics)}"
         assert metrics[p.PARTITION_ID] == pid
-        assert metrics[p.LOCAL_ROWS] == len(fed.shards[pid])
+        assert metrics[p.LOCAL_ROWS] == len(fed.client(pid)[1])
 
         X, y = fed.client(pid)
         _assert_no_raw_rows(arrays, X, y, where)
