@@ -9,8 +9,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client.task import GradientOracle, linear_model, probe_gradients, training_direction
-from scenarios.federation import build_federation
 from scenarios.loader import scenario_from_run_config
+from scenarios.node_data import client_rows
 from shared import protocol as p
 from shared.calibration import injected_variances
 from shared.threads import single_thread
@@ -19,10 +19,12 @@ app = ClientApp()
 
 
 def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """This node's rows (X, y), its partition id and the scenario seed."""
+    """This node's rows (X, y), its partition id and the scenario seed (the rows are its
+    shard of the scenario's data, or with data.kind = "nodes" its own CSV: node config
+    ``data-path``, ``target``)."""
     scenario = scenario_from_run_config(context.run_config)
     pid = int(context.node_config["partition-id"])
-    X, y = build_federation(scenario).client(pid)
+    X, y = client_rows(scenario, context.node_config)
     return X, y, pid, scenario.seed
 
 

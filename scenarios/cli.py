@@ -1,4 +1,4 @@
-"""The ``fedsigma`` command: run scenarios on the inline or simulation engine."""
+"""The ``fedsigma`` command: run scenarios on the inline, simulation or deployment engine."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +16,7 @@ from rich.table import Table
 from scenarios.loader import ScenarioError, bundled_names, load_scenario
 from scenarios.progress import RoundsProgress
 
-ENGINES = ("inline", "simulation")
+ENGINES = ("inline", "simulation", "deployment")
 DEFAULT_METHODS = (
     "gradcov", "gradcov-uncalibrated", "gradcov-differential", "fedsgd", "fedavg",
     "fedadam", "fedyogi", "fedadagrad", "oracle", "newton",
@@ -51,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set protocol.batch_size=128 (repeatable)")
     run.add_argument("--out", type=Path, help="results folder (default: runs/<scenario>-<timestamp>/)")
+    dep = run.add_argument_group("deployment engine")
+    dep.add_argument("--superlink", metavar="HOST:PORT",
+                     help="use this running SuperLink instead of starting one on 127.0.0.1")
+    dep.add_argument("--no-supernodes", action="store_true",
+                     help="start no SuperNodes: the SuperLink's own are connected (e.g. docker compose)")
+    dep.add_argument("--tls", action="store_true",
+                     help="HTTPS and SuperNode authentication, with fresh certificates unless --certs")
+    dep.add_argument("--certs", type=Path, metavar="DIR",
+                     help="TLS with the CA, server certificate and SuperNode keys of scripts/make-certs.sh DIR")
     run.set_defaults(func=cmd_run)
     show = sub.add_parser("show", help="print a scenario with every default filled in, as JSON")
     show.add_argument("scenario")
@@ -114,6 +124,8 @@ def cmd_run(args, console: Console) -> int:
     if args.engine:
         overrides.append(f'engine="{args.engine}"')
     scenario = load_scenario(args.scenario, overrides)
+    deploy = deployment_options(args, scenario)
+    preflight(scenario, deploy)
     out = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = out.resolve()
     if out.exists() and any(out.iterdir()):
@@ -125,27 +137,93 @@ def cmd_run(args, console: Console) -> int:
         highlight=False,
     )
     with RoundsProgress(out / "rounds.csv", scenario.stop.max_rounds, console):
-        run_engine(scenario, out)
+        run_engine(scenario, out, deploy=deploy)
+    if not (out / "summary.json").is_file():  # a remote SuperLink: its ServerApp wrote the folder
+        console.print(f"run finished; the ServerApp wrote its results folder {deploy.out_dir(out)} "
+                      "relative to its own working directory", highlight=False)
+        return 0
     summary = json.loads((out / "summary.json").read_text())
     print_summary(summary, out, console)
     return 0
 
 
-def run_engine(scenario, out: Path, method: str = "gradcov") -> None:
+def run_engine(scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None) -> None:
     """Run a validated scenario with one method on its engine; results land in ``out``."""
     from scenarios.inline_engine import run_config_for
+    from scenarios.node_data import node_configs
 
-    run_config = run_config_for(scenario.model_dump_json(), str(out), scenario.engine, method)
+    deploy = deploy or DeployOptions()
+    run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method)
     if scenario.engine == "inline":
         from client.client_app import app as client_app
         from scenarios.inline_engine import run_inline
         from server.server_app import app as server_app
 
-        run_inline(server_app, client_app, scenario.clients.count, run_config)
+        run_inline(server_app, client_app, scenario.clients.count, run_config, node_configs(scenario))
+    elif scenario.engine == "deployment":
+        from scenarios.deployment_engine import Certificates, run_deployment
+
+        run_deployment(
+            node_configs(scenario), run_config, log_path=out / "flower.log", superlink=deploy.superlink,
+            start_supernodes=not deploy.no_supernodes, tls=deploy.tls,
+            certs=Certificates(deploy.certs) if deploy.certs else None,
+        )
     else:
         from scenarios.simulation_engine import run_simulation
 
         run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """The deployment engine's flags of ``fedsigma run``."""
+
+    superlink: str | None = None
+    no_supernodes: bool = False
+    tls: bool = False
+    certs: Path | None = None
+
+    def out_dir(self, out: Path) -> str:
+        """The out-dir the ServerApp gets: ``out``, or on a SuperLink we did not start
+        (containers, another machine) the same path relative to this folder when it is
+        inside it, so that it lands under the ServerApp's working directory."""
+        if self.superlink is None or not out.is_relative_to(Path.cwd()):
+            return str(out)
+        return str(out.relative_to(Path.cwd()))
+
+
+def deployment_options(args, scenario) -> DeployOptions:
+    """Check the deployment flags against the scenario's engine; one-line errors."""
+    opts = DeployOptions(args.superlink, args.no_supernodes, args.tls or args.certs is not None,
+                         args.certs.resolve() if args.certs else None)
+    if scenario.engine != "deployment":
+        for flag, given in (("--superlink", opts.superlink), ("--no-supernodes", opts.no_supernodes),
+                            ("--tls", args.tls), ("--certs", opts.certs)):
+            if given:
+                raise ScenarioError(f"{flag}: only with the deployment engine; add --engine deployment")
+    if opts.superlink is not None:
+        host, _, port = opts.superlink.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ScenarioError(f"--superlink: expected HOST:PORT (e.g. 127.0.0.1:8000), got {opts.superlink!r}")
+    if opts.no_supernodes and opts.superlink is None:
+        raise ScenarioError("--no-supernodes: needs --superlink HOST:PORT, the SuperLink your SuperNodes joined")
+    if opts.certs is not None and not opts.certs.is_dir():
+        raise ScenarioError(f"--certs: no folder {str(opts.certs)!r}; make one with scripts/make-certs.sh DIR N")
+    return opts
+
+
+def preflight(scenario, deploy: DeployOptions, method: str = "gradcov") -> None:
+    """Fail before any process starts on what only shows once the run has begun."""
+    if scenario.data.kind != "nodes":
+        return
+    if not scenario.data.paths and not deploy.no_supernodes:
+        raise ScenarioError(
+            f"data.paths: data.kind = 'nodes' on the {scenario.engine} engine needs one CSV per client in "
+            "data.paths (SuperNodes started by you name theirs with --node-config data-path=...)"
+        )
+    from server.build import resolve_learning_rates
+
+    resolve_learning_rates(scenario, None, method)  # 'auto' without the preconditioner needs an oracle
 
 
 def print_summary(summary: dict, out: Path, console: Console) -> None:

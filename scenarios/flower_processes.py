@@ -1,12 +1,13 @@
 """Start and stop Flower's own processes (SuperLink, ``flwr run``) on 127.0.0.1.
 
-Shared by the simulation engine (and the deployment engine to come): a
-throw-away FLWR_HOME with one connection, a staged copy of the app, and
+Shared by the simulation and deployment engines: a throw-away FLWR_HOME with
+one connection, a staged copy of the app, the run config as a TOML file, and
 process groups stopped by PID however the run ends.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,8 @@ def flower_env(home: Path) -> dict[str, str]:
     bytes: give a short ``home`` (e.g. a fresh folder under /tmp).
     """
     env = dict(os.environ)
+    # SuperLinks and SuperNodes start `flower-superexec` from PATH: use ours.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
@@ -98,6 +101,12 @@ def stage_app(dest: Path) -> Path:
     return app
 
 
+def write_run_config(path: Path, run_config: dict) -> Path:
+    """The run config as a TOML file for ``flwr run --run-config`` (values are TOML scalars)."""
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
+    return path
+
+
 def flower_command(name: str) -> str:
     """Path of a Flower console script installed beside this Python."""
     path = Path(sys.executable).parent / name
@@ -130,21 +139,40 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
     daemons in sessions of their own and they are re-parented once the leader
     exits.
     """
-    if proc is None:
+    stop_all([proc], grace)
+
+
+def stop_all(procs: list[subprocess.Popen | None], grace: float = 10.0) -> None:
+    """:func:`stop` for several processes at once: one grace period, not one each."""
+    procs = [proc for proc in procs if proc is not None]
+    if not procs:
         return
-    pids = [proc.pid, *descendants(proc.pid)]
+    tree = process_tree()
+    pids = [pid for proc in procs for pid in (proc.pid, *descendants(proc.pid, tree))]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        if _all_gone(proc, pids, wait):
+        if _all_gone(procs, pids, wait):
             return
 
 
-def descendants(pid: int) -> list[int]:
-    """PIDs of every live descendant of ``pid``, read from /proc."""
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """PIDs of every live descendant of ``pid``, read from /proc (or ``children``,
+    a parent → children map from :func:`process_tree`)."""
+    children = process_tree() if children is None else children
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_tree() -> dict[int, list[int]]:
+    """Parent PID → child PIDs of every process, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -155,18 +183,14 @@ def descendants(pid: int) -> list[int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    return children
 
 
-def _all_gone(proc: subprocess.Popen, pids: list[int], wait: float) -> bool:
+def _all_gone(procs: list[subprocess.Popen], pids: list[int], wait: float) -> bool:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so it does not linger as a zombie
+        for proc in procs:
+            proc.poll()  # reap the leaders so they do not linger as zombies
         if not any(_alive(pid) for pid in pids):
             return True
         time.sleep(0.1)

@@ -92,15 +92,19 @@ class InlineGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run_inline(server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict) -> None:
+def run_inline(
+    server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict,
+    node_configs: list[dict] | None = None,
+) -> None:
     """Run a ServerApp against ``num_nodes`` in-process ClientApps, like a simulation.
 
-    Node k gets node config ``partition-id = k``, ``num-partitions = num_nodes``.
+    Node k gets ``node_configs[k]``, by default ``partition-id = k``,
+    ``num-partitions = num_nodes``.
     """
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
-    configs = [{"partition-id": k, "num-partitions": num_nodes} for k in range(num_nodes)]
+    configs = node_configs or [{"partition-id": k, "num-partitions": num_nodes} for k in range(num_nodes)]
     grid = InlineGrid(client_app, configs, run_config)
     context = Context(1, SUPERLINK_NODE_ID, {}, RecordDict(), dict(run_config))
     server_app(grid, context)

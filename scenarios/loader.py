@@ -45,8 +45,8 @@ def resolve_path(name_or_path: str | Path) -> Path:
 def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file.
 
-    Relative ``data.path`` values in the file are taken relative to the file;
-    those given with --set, relative to the working directory.
+    Relative ``data.path`` (and ``data.paths``) values in the file are taken
+    relative to the file; those given with --set, relative to the working directory.
     """
     path = resolve_path(name_or_path)
     try:
@@ -57,6 +57,8 @@ def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None) 
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((path.parent / data["path"]).resolve())
+    if isinstance(data, dict) and isinstance(data.get("paths"), list):
+        data["paths"] = [str((path.parent / p).resolve()) if isinstance(p, str) else p for p in data["paths"]]
     for item in overrides or []:
         apply_override(raw, item)
     return validate(raw, source=path.name)
@@ -86,6 +88,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = child
     if parts[-1] == "path" and parts[:-1] == ["data"] and isinstance(value, str):
         value = str(Path(value).resolve())
+    if parts[-1] == "paths" and parts[:-1] == ["data"] and isinstance(value, list):
+        value = [str(Path(v).resolve()) if isinstance(v, str) else v for v in value]
     node[parts[-1]] = value
 
 

@@ -22,8 +22,8 @@ class _Section(BaseModel):
 class Data(_Section):
     """Where the rows come from."""
 
-    kind: Literal["synthetic", "diabetes", "csv"] = "synthetic"
-    dim: int = Field(20, ge=1, le=20000, description="d, synthetic features")
+    kind: Literal["synthetic", "diabetes", "csv", "nodes"] = "synthetic"
+    dim: int = Field(20, ge=1, le=20000, description="d, synthetic features (kind = nodes: columns but the target)")
     condition_number: float = Field(10.0, ge=1.0, description="κ(Σ) = λmax/λmin")
     spectrum: Literal["geometric", "linear", "two_level", "spiked"] = "geometric"
     spikes: int = Field(10, ge=1, description="large eigenvalues of a 'spiked' spectrum")
@@ -34,7 +34,10 @@ class Data(_Section):
     noise_std: float = Field(0.5, ge=0.0, description="σ₀, natural target noise")
     signal_variance: float = Field(1.0, gt=0.0, description="w*ᵀΣw*")
     path: Path | None = Field(None, description="CSV file (kind = csv)")
-    target: str | None = Field(None, description="target column (kind = csv)")
+    target: str | None = Field(None, description="target column (kind = csv; kind = nodes: the default)")
+    paths: list[Path] | None = Field(
+        None, description="kind = nodes: one CSV per client, sent to node k as its node config data-path"
+    )
 
     @model_validator(mode="after")
     def _csv_needs_file(self) -> Data:
@@ -50,7 +53,29 @@ class Data(_Section):
             except ValueError as exc:
                 field = "data.target" if "no column" in str(exc) else "data.path"
                 raise ValueError(f"{field}: {exc}") from None
+        if self.kind == "nodes":
+            self._check_node_tables()
+        elif self.paths is not None:
+            raise ValueError("data.paths: only for kind = 'nodes' (one CSV per node); use data.path for kind = 'csv'")
         return self
+
+    def _check_node_tables(self) -> None:
+        """kind = nodes: each node reads its own CSV (node config ``data-path``, ``target``);
+        files listed here are checked now, before any process starts."""
+        if "dim" not in self.model_fields_set:
+            raise ValueError("data.dim: kind = 'nodes' needs the number of feature columns every node's CSV has")
+        if self.paths and self.target is None:
+            raise ValueError("data.target: kind = 'nodes' with data.paths needs the target column's name")
+        for k, path in enumerate(self.paths or []):
+            if not path.is_file():
+                raise ValueError(f"data.paths[{k}]: no such file {str(path)!r}")
+            try:
+                features = len(load_csv(path, self.target)[2])
+            except ValueError as exc:
+                field = "data.target" if "no column" in str(exc) else f"data.paths[{k}]"
+                raise ValueError(f"{field}: {exc}") from None
+            if features != self.dim:
+                raise ValueError(f"data.paths[{k}]: {path} has {features} feature columns, data.dim = {self.dim}")
 
 
 class Partition(_Section):
@@ -103,7 +128,7 @@ class Preconditioner(_Section):
 
 class Training(_Section):
     learning_rate: float | Literal["auto"] = Field(
-        "auto", description="η; auto = 0.5 with P, 1/λmax(Σ) (oracle-tuned) without"
+        "auto", description="η; auto = 1 with P and exact gradients, else 0.5; 1/λmax(Σ) (oracle-tuned) without P"
     )
     gradient: Literal["full", "minibatch"] = "full"
     noisy_targets: bool = Field(False, description="train on calibrated noisy targets")
@@ -132,7 +157,7 @@ class Scenario(_Section):
     name: str = "scenario"
     description: str = ""
     seed: int = Field(0, ge=0, lt=2**63)
-    engine: Literal["inline", "simulation"] = "inline"
+    engine: Literal["inline", "simulation", "deployment"] = "inline"
     data: Data = Field(default_factory=Data)
     partition: Partition = Field(default_factory=Partition)
     clients: Clients = Field(default_factory=Clients)
@@ -143,6 +168,8 @@ class Scenario(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
+        if self.data.kind == "nodes":
+            return self._nodes_consistent()
         total, count, batch = self.total_rows(), self.clients.count, self.protocol.batch_size
         if count > total:
             raise ValueError(f"clients.count: {count} clients but only {total} rows of data")
@@ -160,12 +187,32 @@ class Scenario(_Section):
             )
         return self
 
+    def _nodes_consistent(self) -> Scenario:
+        paths, count, batch = self.data.paths, self.clients.count, self.protocol.batch_size
+        if paths is None:
+            return self  # the nodes' node configs name their files: checked by each client
+        if len(paths) != count:
+            raise ValueError(f"data.paths: {len(paths)} files for clients.count = {count}; give one per client")
+        for k, path in enumerate(paths):
+            if (rows := _csv_rows(path)) < batch:
+                raise ValueError(
+                    f"protocol.batch_size: {batch} rows per batch but data.paths[{k}] holds {rows}; lower it"
+                )
+        return self
+
+    def has_oracle(self) -> bool:
+        """Whether the simulator knows the pooled data (and so the true Σ and the optimum):
+        not when each node brings its own (data.kind = "nodes")."""
+        return self.data.kind != "nodes"
+
     def total_rows(self) -> int:
         """Rows in the union of all clients' data."""
         if self.data.kind == "synthetic":
             return self.data.rows_per_client * self.clients.count
         if self.data.kind == "diabetes":
             return 442
+        if self.data.kind == "nodes":  # only the files listed here: nodes may bring others
+            return sum(_csv_rows(path) for path in self.data.paths or [])
         return _csv_rows(self.data.path)
 
     def natural_noise_var(self) -> float:
@@ -176,7 +223,7 @@ class Scenario(_Section):
 
     def dim(self) -> int:
         """d, the number of features (and parameters)."""
-        if self.data.kind == "synthetic":
+        if self.data.kind in ("synthetic", "nodes"):
             return self.data.dim
         if self.data.kind == "diabetes":
             return 10

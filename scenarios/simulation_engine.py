@@ -31,8 +31,7 @@ def run_simulation(num_nodes: int, run_config: dict, log_path: Path, timeout: fl
         port = fp.free_port()
         fp.write_connection(home, f"127.0.0.1:{port}")
         app = fp.stage_app(tmp)
-        config_file = tmp / "run_config.toml"
-        config_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
+        config_file = fp.write_run_config(tmp / "run_config.toml", run_config)
         superlink = None
         try:
             superlink = fp.start(

@@ -30,9 +30,12 @@ GRADCOV_VARIANTS = {
 METHODS = (*GRADCOV_VARIANTS, *FLOWER_STRATEGIES, "oracle", "newton")
 
 
-def oracle_for(scenario: Scenario) -> tuple[Federation, LeastSquaresOracle]:
+def oracle_for(scenario: Scenario) -> tuple[Federation | None, LeastSquaresOracle | None]:
     """The union of all clients' data and its least-squares oracle, started at w₀ = 0
-    (cached per federation: a comparison runs many methods on the same data)."""
+    (cached per federation: a comparison runs many methods on the same data).
+    (None, None) when each node brings its own data (data.kind = "nodes")."""
+    if not scenario.has_oracle():
+        return None, None
     fed = build_federation(scenario)
     return fed, _oracle(fed)
 
@@ -56,10 +59,12 @@ def resolve_learning_rates(
 ) -> tuple[float, float]:
     """(server η, client local η), resolving 'auto'.
 
-    With a preconditioner, P·Σ ≈ I and the auto step is 0.5 (1 for the exact
-    oracle and Newton). Without one the only safe scale is 1/λ_max(Σ): auto
-    takes it from the oracle (the best case for plain FedSGD and local steps);
-    Flower's adaptive strategies default to their server η = 0.1.
+    With a preconditioner P·Σ ≈ I: auto η = 1 when the server sees exact
+    gradients (every client, full local data, clean targets, no local steps),
+    where backtracking undoes any overshooting step, else 0.5; the exact oracle
+    and Newton take 1. Without a preconditioner the only safe scale is
+    1/λ_max(Σ): auto takes it from the oracle (the best case for plain FedSGD
+    and local steps); Flower's adaptive strategies keep their server η = 0.1.
     """
     train = scenario.training
 
@@ -69,14 +74,18 @@ def resolve_learning_rates(
         return 1.0 / oracle.largest_eigenvalue()
 
     pre = uses_preconditioner(scenario, method)
+    exact = (scenario.clients.fraction >= 1.0 and train.gradient == "full" and not train.noisy_targets
+             and train.local_steps == 0)
     if train.learning_rate != "auto":
         server = float(train.learning_rate)
     elif method in ("oracle", "newton"):
         server = 1.0
     elif method in FLOWER_STRATEGIES:
         server = 0.1
+    elif pre:
+        server = 1.0 if exact else 0.5
     else:
-        server = 0.5 if pre else top()
+        server = top()
     if train.local_learning_rate != "auto":
         local = float(train.local_learning_rate)
     else:

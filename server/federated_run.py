@@ -66,10 +66,12 @@ def run_federation(
                 w = arrays[p.WEIGHTS].numpy()
                 # Σ̂'s errors need d × d eigendecompositions: skipped (empty) above SIGMA_METRICS_MAX_DIM
                 sigma_hat = getattr(strategy, "sigma_hat", None) if scenario.dim() <= SIGMA_METRICS_MAX_DIM else None
+                if oracle is None:  # nobody knows the pooled data (data.kind = "nodes"): empty cells
+                    sigma_hat = None
                 last = {
                     "round": rnd,
-                    "excess_risk": oracle.excess_risk(w),
-                    "loss": oracle.loss(w),
+                    "excess_risk": None if oracle is None else oracle.excess_risk(w),
+                    "loss": None if oracle is None else oracle.loss(w),
                     "sigma_rel_error": None if sigma_hat is None else sigma_relative_error(sigma_hat, oracle.sigma),
                     "sigma_whitened_error": None if sigma_hat is None else sigma_whitened_error(sigma_hat, oracle.sigma),
                     "gradients_pooled": pool.gradients if (pool := getattr(strategy, "pool", None)) else None,
@@ -80,10 +82,11 @@ def run_federation(
                     "seconds": round(time.perf_counter() - t0, 6),
                 }
                 writer.write(last)
-                if not math.isfinite(last["excess_risk"]) or last["excess_risk"] > DIVERGED:
+                risk = last["excess_risk"]
+                if not np.isfinite(w).all() or (risk is not None and (not math.isfinite(risk) or risk > DIVERGED)):
                     status = "diverged"
                     break
-                if last["excess_risk"] <= scenario.stop.target:
+                if risk is not None and risk <= scenario.stop.target:
                     status, reached = "target", rnd
                     break
         except BaseException as exc:  # keep what finished, record why it stopped
@@ -130,7 +133,8 @@ def _save(out_dir: Path, scenario, strategy, oracle, w, summary) -> None:
     write_json(out_dir / "summary.json", summary)
     np.save(out_dir / "w.npy", w)
     if scenario.dim() <= SIGMA_FILES_MAX_DIM:  # d × d files: 200 MB each at d = 5000
-        np.save(out_dir / "sigma_true.npy", oracle.sigma)
+        if oracle is not None:  # data.kind = "nodes": nobody knows the true Σ
+            np.save(out_dir / "sigma_true.npy", oracle.sigma)
         sigma_hat = getattr(strategy, "sigma_hat", None)
         if sigma_hat is not None:
             np.save(out_dir / "sigma_hat.npy", sigma_hat)

@@ -1,0 +1,289 @@
+"""The deployment engine: Flower's Deployment Engine — a SuperLink and one SuperNode
+per client, as real processes on 127.0.0.1.
+
+Starts ``flower-superlink`` (one HTTP port for the Fleet, Control and Runtime
+APIs) or connects to a running one, starts the scenario's SuperNodes (each with
+its own node config and Runtime API port; each starts a ``flower-superexec``
+that runs a fresh ``flwr-clientapp`` per message), submits the staged app with
+``flwr run --format json``, follows the run with ``flwr log --stream`` until it
+finishes, and stops every process it started — by PID, SuperNodes first — when
+the run ends, fails or is interrupted.
+
+With TLS the SuperLink serves HTTPS with a certificate made by
+``scripts/make-certs.sh`` and only admits SuperNodes whose public keys were
+registered with ``flwr supernode register`` (CLI-managed SuperNode
+authentication); each SuperNode signs its requests with its private key.
+
+The command builders below are also what docker-compose.yml runs (see
+tests/test_compose.py), with container hosts, ports and paths.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scenarios import flower_processes as fp
+from scenarios.loader import ScenarioError
+
+MAKE_CERTS = fp.ROOT / "scripts" / "make-certs.sh"
+SUPERLINK_PORT = 8000  # Flower 1.42's default, and the port docker-compose.yml publishes
+SUPERNODE_PORT = 9094  # a SuperNode's Runtime API (its SuperExec connects there)
+FINISHED = "finished"
+COMPLETED = "finished:completed"
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A folder made by scripts/make-certs.sh: ca.crt, server.pem, server.key and
+    one OpenSSH key pair per SuperNode (supernode-1, supernode-1.pub, …)."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / "ca.crt"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server.key"
+
+    def node_key(self, k: int) -> Path:
+        """Private key of the SuperNode serving partition k (files count from 1)."""
+        return self.folder / f"supernode-{k + 1}"
+
+    def check(self, nodes: int, superlink: bool) -> None:
+        """Raise ScenarioError naming the first file that is missing."""
+        needed = [self.ca] + ([self.server_cert, self.server_key] if superlink else [])
+        for k in range(nodes):
+            needed += [self.node_key(k), self.node_key(k).with_name(self.node_key(k).name + ".pub")]
+        for path in needed:
+            if not path.is_file():
+                raise ScenarioError(
+                    f"--certs: no {path.name} in {self.folder}; make them with "
+                    f"scripts/make-certs.sh {self.folder} {nodes}"
+                )
+
+
+def make_certificates(folder: Path, nodes: int, rsa_bits: int = 2048) -> Certificates:
+    """Run scripts/make-certs.sh: a CA, the SuperLink's certificate and ``nodes`` key pairs."""
+    done = subprocess.run(
+        ["bash", str(MAKE_CERTS), str(folder), str(nodes)], capture_output=True, text=True,
+        env={**fp.flower_env(folder), "RSA_BITS": str(rsa_bits)}, timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/make-certs.sh failed: {done.stderr.strip()}")
+    return Certificates(folder)
+
+
+def superlink_command(port: int, host: str = "127.0.0.1", certs: Certificates | None = None) -> list[str]:
+    """``flower-superlink`` on one HTTP port; with certificates: HTTPS and SuperNode auth."""
+    cmd = ["flower-superlink"]
+    if certs is None:
+        cmd += ["--insecure"]
+    else:
+        cmd += ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server_cert),
+                "--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth"]
+    return cmd + ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+
+
+def supernode_command(
+    superlink: str, port: int, node_config: dict, host: str = "127.0.0.1",
+    certs: Certificates | None = None, key: Path | None = None,
+) -> list[str]:
+    """``flower-supernode`` for one node: its node config and its Runtime API port."""
+    cmd = ["flower-supernode"]
+    cmd += ["--insecure"] if certs is None else ["--root-certificates", str(certs.ca)]
+    cmd += ["--superlink", superlink, "--host", host, "--port", str(port),
+            "--node-config", format_node_config(node_config)]
+    if key is not None:
+        cmd += ["--auth-supernode-private-key", str(key)]
+    return cmd
+
+
+def format_node_config(config: dict) -> str:
+    """``key=value`` pairs as ``--node-config`` reads them (TOML values: strings quoted)."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in config.items())
+
+
+def run_deployment(
+    node_configs: list[dict],
+    run_config: dict,
+    log_path: Path,
+    superlink: str | None = None,
+    start_supernodes: bool = True,
+    certs: Certificates | None = None,
+    tls: bool = False,
+    timeout: float = 3600.0,
+) -> None:
+    """Run the app on a SuperLink and one SuperNode per node config.
+
+    Parameters
+    ----------
+    node_configs : list of dict
+        One per SuperNode to start (``partition-id``, ``num-partitions``,
+        optionally ``data-path``, ``target``).
+    run_config : dict
+        The run config (``scenario-json``, ``out-dir``, ``engine``, ``method``).
+    log_path : Path
+        Flower's output (SuperLink, SuperNodes and the run's logs) goes here.
+    superlink : str, optional
+        ``HOST:PORT`` of a running SuperLink; default: start one on a free port.
+    start_supernodes : bool
+        False: the federation's SuperNodes are already connected (e.g. containers).
+    certs : Certificates, optional
+        TLS and SuperNode authentication with these files; ``tls`` without
+        ``certs`` makes fresh ones for this run.
+    timeout : float
+        Seconds before a run that has not finished is stopped.
+
+    Raises RuntimeError (with the log's tail) if the run does not complete.
+    """
+    nodes = len(node_configs) if start_supernodes else 0
+    with tempfile.TemporaryDirectory(prefix="fsd-") as tmp, log_path.open("a") as log:
+        tmp = Path(tmp)
+        home = tmp / "home"
+        env = fp.flower_env(home)
+        if tls and certs is None:
+            certs = make_certificates(tmp / "certs", nodes)
+        if certs is not None:
+            certs.check(nodes, superlink=superlink is None)
+        started: list[subprocess.Popen] = []  # SuperNodes: stopped before the SuperLink
+        link: subprocess.Popen | None = None
+        run_id = None
+        try:
+            if superlink is None:
+                port = fp.free_port()
+                superlink = f"127.0.0.1:{port}"
+                link = fp.start(_resolve(superlink_command(port, certs=certs)), env, log)
+                fp.wait_for_port(port, link, 60, "flower-superlink")
+            else:
+                _check_reachable(superlink)
+            fp.write_connection(home, superlink, insecure=certs is None,
+                                root_certificates=None if certs is None else certs.ca)
+            if certs is not None and nodes:
+                _register_supernodes(certs, nodes, env, log)
+            for k, config in enumerate(node_configs[:nodes]):
+                cmd = supernode_command(
+                    superlink, fp.free_port(), config, certs=certs,
+                    key=None if certs is None else certs.node_key(k),
+                )
+                started.append(fp.start(_resolve(cmd), env, log))
+            run_id = _submit(tmp, run_config, env, log)
+            _follow(run_id, env, log, log_path, started + [p for p in (link,) if p], timeout)
+        except BaseException:
+            if run_id is not None and link is None:  # a SuperLink we do not own: stop our run on it
+                _flwr(["stop", str(run_id), fp.CONNECTION], env, log, timeout=60, check=False)
+            raise
+        finally:
+            fp.stop_all(started)
+            fp.stop(link)
+
+
+def _resolve(cmd: list[str]) -> list[str]:
+    return [fp.flower_command(cmd[0]), *cmd[1:]]
+
+
+def _check_reachable(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ScenarioError(f"--superlink: expected HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise ScenarioError(f"--superlink: nothing answers at {address} ({exc.strerror or exc}); start the "
+                            "SuperLink first or leave --superlink out to start one") from None
+
+
+def _flwr(args: list[str], env: dict, log, timeout: float, check: bool = True) -> str:
+    """Run one ``flwr`` CLI command (from a folder without an app in it); return stdout."""
+    cwd = Path(env["FLWR_HOME"])
+    done = subprocess.run([fp.flower_command("flwr"), *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    log.write(f"$ flwr {' '.join(args)}\n{done.stdout}{done.stderr}\n")
+    log.flush()
+    if check and done.returncode != 0:
+        raise RuntimeError(f"flwr {args[0]} failed (exit {done.returncode}): {_json_error(done.stdout)}")
+    return done.stdout
+
+
+def _json_error(text: str) -> str:
+    try:
+        return str(json.loads(text).get("error-message", text)).strip()
+    except ValueError:
+        return text.strip()[-500:]
+
+
+def _register_supernodes(certs: Certificates, nodes: int, env: dict, log) -> None:
+    """CLI-managed SuperNode authentication: register each node's public key."""
+    for k in range(nodes):
+        pub = certs.node_key(k).with_name(certs.node_key(k).name + ".pub")
+        out = _flwr(["supernode", "register", str(pub), fp.CONNECTION, "--format", "json"], env, log, 60,
+                    check=False)
+        if '"success": true' not in out and "already" not in out:
+            raise RuntimeError(f"flwr supernode register {pub.name} failed: {_json_error(out)}")
+
+
+def _submit(tmp: Path, run_config: dict, env: dict, log) -> int:
+    """``flwr run`` the staged app with this run config; return the run id."""
+    app = fp.stage_app(tmp)
+    config = fp.write_run_config(tmp / "run_config.toml", run_config)
+    out = _flwr(["run", str(app), fp.CONNECTION, "--run-config", str(config), "--format", "json"], env, log, 300,
+                check=False)
+    try:
+        reply = json.loads(out)
+        return int(reply["run-id"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"flwr run failed: {_json_error(out)}") from None
+
+
+def run_status(run_id: int, env: dict, log) -> str:
+    """The run's status, e.g. ``running`` or ``finished:completed``."""
+    out = _flwr(["list", fp.CONNECTION, "--run-id", str(run_id), "--format", "json"], env, log, 60, check=False)
+    try:
+        return str(json.loads(out)["runs"][0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"unknown ({_json_error(out)})"
+
+
+def _follow(run_id: int, env: dict, log, log_path: Path, ours: list[subprocess.Popen], timeout: float) -> None:
+    """Stream the run's logs into the log until it finishes; fail if it did not complete,
+    if one of our processes died, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    stream = subprocess.Popen(
+        [fp.flower_command("flwr"), "log", str(run_id), fp.CONNECTION, "--stream"],
+        env=env, cwd=env["FLWR_HOME"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    status, next_poll = "", None
+    try:
+        while True:
+            if next_poll is None and stream.poll() is not None:
+                next_poll = 0.0  # the stream ends with the run (or a lost connection): ask
+            if next_poll is not None and time.monotonic() >= next_poll:
+                status = run_status(run_id, env, log)
+                if status.startswith(FINISHED):
+                    break
+                next_poll = time.monotonic() + 3.0
+            dead = [p for p in ours if p.poll() is not None]
+            if dead:
+                raise RuntimeError(
+                    f"{Path(dead[0].args[0]).name} (pid {dead[0].pid}) exited with code {dead[0].returncode} "
+                    f"during run {run_id}; log {log_path}:\n{fp.log_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s; log {log_path}")
+            time.sleep(0.25)
+    finally:
+        fp.stop(stream, grace=2)
+    if status != COMPLETED:
+        raise RuntimeError(f"run {run_id} ended {status}; log {log_path}:\n{fp.log_tail(log_path)}")
