@@ -121,6 +121,9 @@ class Preconditioner(_Section):
     warmup_gradients: int | None = Field(
         None, ge=0, description="probe gradients pooled before the first P; default 10·d (10·rank)"
     )
+    max_gradients: int | None = Field(
+        None, ge=1, description="stop probing once this many probe gradients are pooled; None = every round"
+    )
     rank: int | None = Field(
         None, ge=1, description="low-rank-plus-ridge P of this rank (Woodbury; for large d); None = dense"
     )

@@ -134,5 +134,6 @@ def strategy_for(scenario: Scenario, method: str = "gradcov", oracle: LeastSquar
             refresh_every=pre.refresh_every,
             warmup_gradients=pre.warmup_gradients,
             rank=pre.rank,
+            max_gradients=pre.max_gradients,
         )
     return strategy, ConfigRecord(), lr, local_lr

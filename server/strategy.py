@@ -72,6 +72,9 @@ class GradCovStrategy(Strategy):
         None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
         sketch of 2r + ``sketch_oversample`` columns and P applied with the
         Woodbury identity, never forming a d × d matrix (for large d).
+    max_gradients : int or None
+        Stop asking for probes once this many are pooled (saves uplink bytes);
+        None probes every round.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class GradCovStrategy(Strategy):
         backtracking: bool = True,
         rank: int | None = None,
         sketch_oversample: int = 10,
+        max_gradients: int | None = None,
     ) -> None:
         self.dim = dim
         self.learning_rate = learning_rate
@@ -121,6 +125,7 @@ class GradCovStrategy(Strategy):
         self.local_steps = local_steps
         self.local_learning_rate = local_learning_rate
         self.seed = seed
+        self.max_gradients = max_gradients
         self.rank = rank
         if rank is None:
             self.pool = CovariancePool(dim, len(self.noise_levels))
@@ -181,7 +186,9 @@ class GradCovStrategy(Strategy):
         cfg[p.MODE] = p.MODE_GRADCOV
         cfg[p.ROUND] = server_round
         cfg[p.BATCH_SIZE] = self.batch_size
-        cfg[p.PROBES] = self.probes
+        # Once max_gradients probes are pooled, stop asking: Σ̂ is as good as it gets for its cost
+        done = self.max_gradients is not None and self.pool.gradients >= self.max_gradients
+        cfg[p.PROBES] = 0 if done else self.probes
         cfg[p.NOISE_LEVELS] = [float(c) for c in self.noise_levels]
         cfg[p.NATURAL_VAR] = float(self.natural_var)
         cfg[p.TRAIN_GRADIENT] = self.train_gradient
