@@ -86,8 +86,9 @@ def bytes_table(dims: list[int], out: Path, budget: int, console: Console) -> No
     results = []
     for d in dims:
         console.rule(f"bytes_family, d = {d}")
-        rows = compare("bytes_family", BYTES_METHODS, [f"data.dim={d}"], out / f"bytes_d{d}", console,
-                       max_rounds=budget)
+        # N = 10·d rows at least, so the pooled problem stays well-posed as d grows
+        sets = [f"data.dim={d}", f"data.rows_per_client={max(600, d)}"]
+        rows = compare("bytes_family", BYTES_METHODS, sets, out / f"bytes_d{d}", console, max_rounds=budget)
         by = {r["method"]: r for r in rows}
         cells = [str(d)]
         for m in BYTES_METHODS:
