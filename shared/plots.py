@@ -34,7 +34,10 @@ def plot_convergence(
         return [a for a, _ in pts], [b for _, b in pts]
 
     rx, ry = series("excess_risk")
-    ax1.semilogy(rx, [max(v, 1e-300) for v in ry], lw=2, label="relative excess risk")
+    if rx:  # w₀ has relative excess risk 1 by definition
+        rx, ry = [0.0, *rx], [1.0, *ry]
+    ax1.semilogy(rx, [max(v, 1e-300) for v in ry], lw=2, marker="o" if len(rx) < 30 else None, ms=4,
+                 label="relative excess risk")
     if target:
         ax1.axhline(target, ls="--", color="grey", label=f"target {target:g}")
     ax1.set_xlabel("round")
