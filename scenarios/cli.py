@@ -209,6 +209,14 @@ def deployment_options(args, scenario) -> DeployOptions:
         raise ScenarioError("--no-supernodes: needs --superlink HOST:PORT, the SuperLink your SuperNodes joined")
     if opts.certs is not None and not opts.certs.is_dir():
         raise ScenarioError(f"--certs: no folder {str(opts.certs)!r}; make one with scripts/make-certs.sh DIR N")
+    if scenario.engine == "deployment":
+        from scenarios.deployment_engine import Certificates, check_reachable
+
+        if opts.certs is not None:
+            nodes = 0 if opts.no_supernodes else scenario.clients.count
+            Certificates(opts.certs).check(nodes, superlink=opts.superlink is None)
+        if opts.superlink is not None:
+            check_reachable(opts.superlink)
     return opts
 
 
@@ -232,10 +240,13 @@ def print_summary(summary: dict, out: Path, console: Console) -> None:
     table = Table(show_header=False, box=None)
     reached = summary["rounds_to_target"]
     table.add_row("status", summary["status"])
-    table.add_row(
-        f"rounds to {summary['target']:g}",
-        str(reached) if reached else f"not reached in {summary['rounds_run']} rounds",
-    )
+    if summary["scenario"]["data"]["kind"] == "nodes":  # no oracle: no excess risk to reach a target with
+        table.add_row("rounds run", f"{summary['rounds_run']} (no excess risk: nodes hold their own data)")
+    else:
+        table.add_row(
+            f"rounds to {summary['target']:g}",
+            str(reached) if reached else f"not reached in {summary['rounds_run']} rounds",
+        )
     for key, label in (("excess_risk", "final excess risk"), ("sigma_rel_error", "‖Σ̂ − Σ‖/‖Σ‖"),
                        ("sigma_whitened_error", "whitened Σ̂ error")):
         if final.get(key) is not None:

@@ -167,7 +167,7 @@ def run_deployment(
                 link = fp.start(_resolve(superlink_command(port, certs=certs)), env, log)
                 fp.wait_for_port(port, link, 60, "flower-superlink")
             else:
-                _check_reachable(superlink)
+                check_reachable(superlink)
             fp.write_connection(home, superlink, insecure=certs is None,
                                 root_certificates=None if certs is None else certs.ca)
             if certs is not None and nodes:
@@ -193,7 +193,8 @@ def _resolve(cmd: list[str]) -> list[str]:
     return [fp.flower_command(cmd[0]), *cmd[1:]]
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
+    """Raise ScenarioError unless something accepts TCP connections at HOST:PORT."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ScenarioError(f"--superlink: expected HOST:PORT, got {address!r}")

@@ -68,9 +68,12 @@ def resolve_learning_rates(
     """
     train = scenario.training
 
-    def top() -> float:
+    def top(name: str = "learning_rate") -> float:
         if oracle is None:
-            raise ScenarioError("training.learning_rate: 'auto' needs the true Σ here; set a number")
+            raise ScenarioError(
+                f"training.{name}: 'auto' without the preconditioner needs the true Σ, which nobody has "
+                "when nodes bring their own data; set a number or preconditioner.enabled = true"
+            )
         return 1.0 / oracle.largest_eigenvalue()
 
     pre = uses_preconditioner(scenario, method)
@@ -89,7 +92,7 @@ def resolve_learning_rates(
     if train.local_learning_rate != "auto":
         local = float(train.local_learning_rate)
     else:
-        local = 0.5 if pre else top()
+        local = 0.5 if pre else top("local_learning_rate")
     return server, local
 
 

@@ -33,3 +33,26 @@ def read_rounds_raw(path: Path) -> list[dict[str, str]]:
     """rounds.csv rows as dicts of the raw cell strings."""
     with Path(path).open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def rows_without_seconds(path: Path) -> list[dict[str, str]]:
+    """rounds.csv rows without the wall-clock column, for comparing engines."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in read_rounds_raw(path)]
+
+
+def live_processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose environment has ``key=value``:
+    every process a CLI run started inherits it, so this finds any it left behind."""
+    marker = f"{key}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

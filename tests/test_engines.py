@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
 
 import pytest
-
-
-def _rows_without_seconds(path):
-    with open(path, newline="") as handle:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+from _support import rows_without_seconds
 
 
 def _flower_processes() -> set[int]:
@@ -39,8 +34,8 @@ def test_simulation_matches_inline(tmp_path):
             capture_output=True, text=True, timeout=200, env=os.environ,
         )
         assert done.returncode == 0, done.stderr[-2000:]
-    inline = _rows_without_seconds(outs["inline"] / "rounds.csv")
-    simulation = _rows_without_seconds(outs["simulation"] / "rounds.csv")
+    inline = rows_without_seconds(outs["inline"] / "rounds.csv")
+    simulation = rows_without_seconds(outs["simulation"] / "rounds.csv")
     assert len(inline) == 4
     assert inline == simulation
     # 3 of 4 clients sampled per round: the same ones on both engines

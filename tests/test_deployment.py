@@ -1,0 +1,125 @@
+"""The deployment engine for real: a SuperLink and SuperNodes as processes on 127.0.0.1.
+
+Each run costs a few seconds per round (a SuperNode polls the SuperLink every 3 s
+and starts a fresh ClientApp process per message) plus ~10 s of start-up, so the
+runs are short: 3 nodes, 3 or 4 rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _support import live_processes_with_env, rows_without_seconds
+
+from scenarios.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--set", "clients.count=3", "--set", "stop.max_rounds=3"]
+MARK = "FEDSIGMA_TEST_RUN"
+
+
+def run_cli(args: list[str], timeout: float = 100) -> tuple[subprocess.CompletedProcess, str]:
+    """``fedsigma run ARGS`` in a subprocess whose descendants all carry a marker in their environment."""
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        [sys.executable, "-m", "scenarios.cli", "run", *args], capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, MARK: mark}, cwd=ROOT,
+    )
+    return done, mark
+
+
+@pytest.fixture(scope="module")
+def inline_rows(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("inline") / "out"
+    assert main(["run", "quickstart", "--engine", "inline", "--out", str(out), *QUICK]) == 0
+    return rows_without_seconds(out / "rounds.csv")
+
+
+@pytest.mark.timeout(120)
+def test_deployment_matches_inline(tmp_path, inline_rows):
+    out = tmp_path / "deployment"
+    done, mark = run_cli(["quickstart", "--engine", "deployment", "--out", str(out), *QUICK])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(inline_rows) == 3
+    assert rows_without_seconds(out / "rounds.csv") == inline_rows
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "deployment" and summary["status"] == "max_rounds"
+    log = (out / "flower.log").read_text()
+    assert log.count("Starting Flower SuperNode") == 3
+    assert "Uvicorn running on http://127.0.0.1:" in log  # insecure: plain HTTP
+    assert live_processes_with_env(MARK, mark) == []
+
+
+@pytest.mark.timeout(120)
+def test_deployment_over_tls_with_supernode_auth(tmp_path, inline_rows):
+    certs = tmp_path / "certs"
+    made = subprocess.run(["bash", str(ROOT / "scripts" / "make-certs.sh"), str(certs), "3"],
+                          capture_output=True, text=True, env={**os.environ, "RSA_BITS": "2048"}, timeout=60)
+    assert made.returncode == 0, made.stderr
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(certs / "ca.crt"), str(certs / "server.pem")],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    out = tmp_path / "tls"
+    done, mark = run_cli(["quickstart", "--engine", "deployment", "--certs", str(certs), "--out", str(out), *QUICK])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert rows_without_seconds(out / "rounds.csv") == inline_rows
+    log = (out / "flower.log").read_text()
+    assert "Uvicorn running on https://127.0.0.1:" in log
+    assert "SuperNode authentication is disabled" not in log
+    # CLI-managed SuperNode authentication: each node's public key registered before it connects
+    registered = log.split("$ flwr supernode register ")[1:]
+    assert len(registered) == 3 and all('"success": true' in reply[:400] for reply in registered)
+    assert live_processes_with_env(MARK, mark) == []
+
+
+def _standardised(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X, y = table[:, :-1], table[:, -1]
+    return (X - X.mean(axis=0)) / X.std(axis=0), (y - y.mean()) / y.std()
+
+
+@pytest.mark.timeout(120)
+def test_nodes_bring_their_own_csv(tmp_path):
+    """Three SuperNodes, three CSV files with different offsets and scales: each node
+    standardises its own table, and the run converges to least squares on the union of
+    the three standardised tables."""
+    rng = np.random.default_rng(5)
+    w_true = np.array([1.5, -2.0, 0.7])
+    tables = []
+    for k in range(3):
+        rows = 120 + 40 * k
+        X = rng.normal(loc=3.0 * k, scale=1.0 + k, size=(rows, 3)) @ np.array([[1, .3, 0], [0, 1, .5], [0, 0, 1]])
+        y = X @ w_true + 10.0 * k + rng.normal(scale=0.5, size=rows)
+        tables.append(np.column_stack([X, y]))
+        np.savetxt(tmp_path / f"node{k}.csv", tables[-1], delimiter=",", header="a,b,c,yield", comments="")
+    (tmp_path / "byo.toml").write_text(
+        'name = "byo"\nseed = 3\n[data]\nkind = "nodes"\ndim = 3\ntarget = "yield"\n'
+        'paths = ["node0.csv", "node1.csv", "node2.csv"]\n[clients]\ncount = 3\n'
+        "[protocol]\nbatch_size = 16\nprobes = 64\n[training]\nlearning_rate = 1.0\n[stop]\nmax_rounds = 4\n"
+    )
+    out = tmp_path / "out"
+    done, mark = run_cli([str(tmp_path / "byo.toml"), "--engine", "deployment", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    parts = [_standardised(t) for t in tables]
+    X, y = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    w_ls = np.linalg.lstsq(X, y, rcond=None)[0]
+    w = np.load(out / "w.npy")
+    assert np.linalg.norm(w - w_ls) / np.linalg.norm(w_ls) < 1e-3
+    # not the answer on the union standardised as one table (the offsets differ per node)
+    X_union, y_union = _standardised(np.vstack(tables))
+    w_union = np.linalg.lstsq(X_union, y_union, rcond=None)[0]
+    assert np.linalg.norm(w - w_union) / np.linalg.norm(w_union) > 0.05
+    # no oracle: empty metric cells, no true Σ, the full round budget
+    rows = [dict(r) for r in rows_without_seconds(out / "rounds.csv")]
+    assert len(rows) == 4 and {r["clients_replied"] for r in rows} == {"3"}
+    assert {r[k] for r in rows for k in ("excess_risk", "loss", "sigma_rel_error", "sigma_whitened_error")} == {""}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "max_rounds" and summary["rounds_to_target"] is None
+    assert not (out / "sigma_true.npy").exists() and (out / "sigma_hat.npy").is_file()
+    assert live_processes_with_env(MARK, mark) == []
