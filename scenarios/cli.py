@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from scenarios.flower_processes import EngineError
 from scenarios.loader import ScenarioError, bundled_names, load_scenario
 from scenarios.progress import RoundsProgress
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: rounds finished so far are kept in the results folder")
         return 130
+    except EngineError as exc:  # the run started but did not complete: say why, point at the log
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

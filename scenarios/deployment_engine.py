@@ -30,6 +30,7 @@ from pathlib import Path
 
 from scenarios import flower_processes as fp
 from scenarios.loader import ScenarioError
+from scenarios.node_data import NodeDataError
 
 MAKE_CERTS = fp.ROOT / "scripts" / "make-certs.sh"
 SUPERLINK_PORT = 8000  # Flower 1.42's default, and the port docker-compose.yml publishes
@@ -81,7 +82,7 @@ def make_certificates(folder: Path, nodes: int, rsa_bits: int = 2048) -> Certifi
         env={**fp.flower_env(folder), "RSA_BITS": str(rsa_bits)}, timeout=120,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"scripts/make-certs.sh failed: {done.stderr.strip()}")
+        raise fp.EngineError(f"scripts/make-certs.sh failed: {done.stderr.strip()}")
     return Certificates(folder)
 
 
@@ -146,7 +147,7 @@ def run_deployment(
     timeout : float
         Seconds before a run that has not finished is stopped.
 
-    Raises RuntimeError (with the log's tail) if the run does not complete.
+    Raises EngineError (with the log's tail) if the run does not complete.
     """
     nodes = len(node_configs) if start_supernodes else 0
     with tempfile.TemporaryDirectory(prefix="fsd-") as tmp, log_path.open("a") as log:
@@ -214,7 +215,7 @@ def _flwr(args: list[str], env: dict, log, timeout: float, check: bool = True) -
     log.write(f"$ flwr {' '.join(args)}\n{done.stdout}{done.stderr}\n")
     log.flush()
     if check and done.returncode != 0:
-        raise RuntimeError(f"flwr {args[0]} failed (exit {done.returncode}): {_json_error(done.stdout)}")
+        raise fp.EngineError(f"flwr {args[0]} failed (exit {done.returncode}): {_json_error(done.stdout)}")
     return done.stdout
 
 
@@ -232,7 +233,7 @@ def _register_supernodes(certs: Certificates, nodes: int, env: dict, log) -> Non
         out = _flwr(["supernode", "register", str(pub), fp.CONNECTION, "--format", "json"], env, log, 60,
                     check=False)
         if '"success": true' not in out and "already" not in out:
-            raise RuntimeError(f"flwr supernode register {pub.name} failed: {_json_error(out)}")
+            raise fp.EngineError(f"flwr supernode register {pub.name} failed: {_json_error(out)}")
 
 
 def _submit(tmp: Path, run_config: dict, env: dict, log) -> int:
@@ -245,7 +246,7 @@ def _submit(tmp: Path, run_config: dict, env: dict, log) -> int:
         reply = json.loads(out)
         return int(reply["run-id"])
     except (ValueError, KeyError, TypeError):
-        raise RuntimeError(f"flwr run failed: {_json_error(out)}") from None
+        raise fp.EngineError(f"flwr run failed: {_json_error(out)}") from None
 
 
 def run_status(run_id: int, env: dict, log) -> str:
@@ -277,14 +278,26 @@ def _follow(run_id: int, env: dict, log, log_path: Path, ours: list[subprocess.P
                 next_poll = time.monotonic() + 3.0
             dead = [p for p in ours if p.poll() is not None]
             if dead:
-                raise RuntimeError(
+                raise fp.EngineError(
                     f"{Path(dead[0].args[0]).name} (pid {dead[0].pid}) exited with code {dead[0].returncode} "
                     f"during run {run_id}; log {log_path}:\n{fp.log_tail(log_path)}"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} did not finish within {timeout:.0f} s; log {log_path}")
+                raise fp.EngineError(f"run {run_id} did not finish within {timeout:.0f} s; log {log_path}")
             time.sleep(0.25)
     finally:
         fp.stop(stream, grace=2)
     if status != COMPLETED:
-        raise RuntimeError(f"run {run_id} ended {status}; log {log_path}:\n{fp.log_tail(log_path)}")
+        node_error = _node_data_error(log_path)
+        if node_error:  # a SuperNode's own table is unusable: bad input, not a crash
+            raise ScenarioError(node_error)
+        raise fp.EngineError(f"run {run_id} ended {status}; log {log_path}:\n{fp.log_tail(log_path)}")
+
+
+def _node_data_error(log_path: Path) -> str | None:
+    """The one-line reason a node gave for refusing its own CSV, if the run log has one."""
+    marker = f"{NodeDataError.__name__}: "
+    for line in log_path.read_text(errors="replace").splitlines():
+        if marker in line:
+            return line.split(marker, 1)[1].strip().strip("'\"")
+    return None

@@ -47,6 +47,10 @@ method = "gradcov"
 """
 
 
+class EngineError(RuntimeError):
+    """A Flower run that did not complete; str() says why and where the log is."""
+
+
 def flower_env(home: Path) -> dict[str, str]:
     """Environment for Flower processes: no telemetry, no update check, our FLWR_HOME.
 

@@ -29,13 +29,17 @@ class NodeDataError(ValueError):
 def node_configs(scenario: Scenario) -> list[dict]:
     """The node config of every client: ``partition-id``, ``num-partitions`` and,
     for ``data.kind = "nodes"`` with ``data.paths``, its ``data-path`` and ``target``."""
-    count = scenario.clients.count
-    configs = [{"partition-id": k, "num-partitions": count} for k in range(count)]
+    configs = node_configs_for(scenario.clients.count)
     if scenario.data.kind == "nodes" and scenario.data.paths:
         for config, path in zip(configs, scenario.data.paths):
             config[DATA_PATH] = str(path)
             config[TARGET] = scenario.data.target
     return configs
+
+
+def node_configs_for(count: int) -> list[dict]:
+    """``partition-id = k``, ``num-partitions = count`` for k = 0 … count − 1."""
+    return [{"partition-id": k, "num-partitions": count} for k in range(count)]
 
 
 def client_rows(scenario: Scenario, node_config: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from scenarios import flower_processes as fp
 def run_simulation(num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0) -> None:
     """Run the ServerApp/ClientApp on Ray with ``num_nodes`` virtual SuperNodes.
 
-    Flower's output goes to ``log_path``. Raises RuntimeError (with the log's
+    Flower's output goes to ``log_path``. Raises EngineError (with the log's
     tail) if the run does not finish and write its summary.
     """
     out_dir = Path(run_config["out-dir"])
@@ -51,9 +51,9 @@ def run_simulation(num_nodes: int, run_config: dict, log_path: Path, timeout: fl
         log.flush()
         summary = out_dir / "summary.json"
         if done.returncode != 0 or not summary.is_file():
-            raise RuntimeError(
+            raise fp.EngineError(
                 f"simulation failed (flwr run exit {done.returncode}); log {log_path}:\n{fp.log_tail(log_path)}"
             )
         status = json.loads(summary.read_text()).get("status", "")
         if status.startswith("error"):
-            raise RuntimeError(f"simulation ServerApp failed: {status}; log {log_path}")
+            raise fp.EngineError(f"simulation ServerApp failed: {status}; log {log_path}")

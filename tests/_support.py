@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 
@@ -46,7 +47,7 @@ def live_processes_with_env(key: str, value: str) -> list[int]:
     marker = f"{key}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if marker in (entry / "environ").read_bytes().split(b"\0"):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -122,4 +124,57 @@ def test_nodes_bring_their_own_csv(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "max_rounds" and summary["rounds_to_target"] is None
     assert not (out / "sigma_true.npy").exists() and (out / "sigma_hat.npy").is_file()
+    assert live_processes_with_env(MARK, mark) == []
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_stops_every_process(tmp_path):
+    """SIGINT mid-run (SuperLink, SuperNodes and their SuperExecs up, the run submitted):
+    exit 130, and every process the CLI started is gone."""
+    mark, out = uuid.uuid4().hex, tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scenarios.cli", "run", "quickstart", "--engine", "deployment", "--out", str(out),
+         *QUICK], env={**os.environ, MARK: mark}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "$ flwr run " not in _read(out / "flower.log") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "$ flwr run " in _read(out / "flower.log"), "the run was never submitted"
+        assert len(live_processes_with_env(MARK, mark)) >= 8  # CLI, SuperLink + SuperExec, 3 × (SuperNode + SuperExec)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert live_processes_with_env(MARK, mark) == []
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+@pytest.mark.timeout(90)
+def test_a_supernode_with_a_missing_csv_fails_the_run_clearly(tmp_path, monkeypatch):
+    """A SuperNode started with --node-config data-path=<missing file> (the scenario names
+    no files): the run stops at the handshake with that node's one-line reason, and every
+    process is stopped."""
+    from scenarios.deployment_engine import run_deployment
+    from scenarios.inline_engine import run_config_for
+    from scenarios.loader import ScenarioError, validate
+
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv(MARK, mark)
+    table = "a,b,y\n" + "".join(f"{i % 5},{(i * 7) % 3},{i % 4}\n" for i in range(40))
+    (tmp_path / "n.csv").write_text(table)
+    scenario = validate({"data": {"kind": "nodes", "dim": 2}, "clients": {"count": 3},
+                         "protocol": {"batch_size": 8}, "stop": {"max_rounds": 2}})
+    configs = [{"partition-id": k, "num-partitions": 3, "data-path": str(tmp_path / "n.csv"), "target": "y"}
+               for k in range(3)]
+    configs[1]["data-path"] = str(tmp_path / "absent.csv")
+    run_config = run_config_for(scenario.model_dump_json(), str(tmp_path / "out"), "deployment")
+    with pytest.raises(ScenarioError, match=r"^node config data-path: no such file '.*absent\.csv'"):
+        run_deployment(configs, run_config, log_path=tmp_path / "flower.log")
     assert live_processes_with_env(MARK, mark) == []

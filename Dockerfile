@@ -1,0 +1,26 @@
+# fedsigma's SuperExec image: Flower's official flwr/superexec with fedsigma and its
+# dependencies (the CPU build of torch, numpy, pydantic, ...) installed, so that the
+# ServerApp and the ClientApps of a submitted run can import them. docker-compose.yml
+# builds it for every SuperExec service (the SuperLink and SuperNodes use Flower's
+# images as they are). Build alone: docker build -t fedsigma/superexec:0.1.0 .
+ARG FLWR_VERSION=1.42.0
+FROM flwr/superexec:${FLWR_VERSION}
+
+# torch's CPU wheels (no CUDA libraries: ~10× smaller) from PyTorch's own index
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+
+# fedsigma itself; flwr is already in the image (and the Simulation Engine's Ray is not needed)
+WORKDIR /tmp/fedsigma
+COPY --chown=app:app pyproject.toml README.md ./
+COPY --chown=app:app shared ./shared
+COPY --chown=app:app server ./server
+COPY --chown=app:app client ./client
+COPY --chown=app:app scenarios ./scenarios
+RUN sed -i 's/"flwr\[simulation\]==/"flwr==/' pyproject.toml \
+    && python -m pip install --no-cache-dir . \
+    && rm -rf /tmp/fedsigma
+
+# The ServerApp's working directory: out-dir runs/<name> lands in /app/runs (a volume)
+WORKDIR /app
+ENTRYPOINT ["flower-superexec"]
