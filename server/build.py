@@ -61,7 +61,7 @@ def resolve_learning_rates(
 
     With a preconditioner P·Σ ≈ I: auto η = 1 when the server sees exact
     gradients (every client, full local data, clean targets, no local steps),
-    where backtracking undoes any overshooting step, else 0.5; the exact oracle
+    where the line search corrects any overshooting step, else 0.5; the exact oracle
     and Newton take 1. Without a preconditioner the only safe scale is
     1/λ_max(Σ): auto takes it from the oracle (the best case for plain FedSGD
     and local steps); Flower's adaptive strategies keep their server η = 0.1.

@@ -95,8 +95,7 @@ def run_federation(
             raise
         finally:
             writer.close()
-            rates = {"learning_rate": lr, "local_learning_rate": local_lr,
-                     "backtracks": getattr(strategy, "backtracks", 0)}
+            rates = {"learning_rate": lr, "local_learning_rate": local_lr}
             summary = _summary(scenario, engine, method, status, reached, last, rates, time.time() - started)
             _save(out_dir, scenario, strategy, oracle, w, summary)
     return summary

@@ -65,9 +65,10 @@ class GradCovStrategy(Strategy):
     seed : int
         Seeds client sampling: the same seed samples the same positions in the
         grid's node list every run.
-    backtracking : bool
+    line_search : bool
         With exact gradients (all clients, full local data, clean targets),
-        halve η and retake the step whenever ḡᵀPḡ grows (see ``_backtrack``).
+        correct each step to the exact minimiser along its direction, from the
+        gradient change it caused (see ``_line_search``); no extra messages.
     rank : int or None
         None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
         sketch of 2r + ``sketch_oversample`` columns and P applied with the
@@ -99,7 +100,7 @@ class GradCovStrategy(Strategy):
         local_steps: int = 0,
         local_learning_rate: float = 0.5,
         seed: int = 0,
-        backtracking: bool = True,
+        line_search: bool = True,
         rank: int | None = None,
         sketch_oversample: int = 10,
         max_gradients: int | None = None,
@@ -138,9 +139,9 @@ class GradCovStrategy(Strategy):
         self._version = 0  # bumped whenever P changes, to resend it to clients that use it
         self._sent: dict[int, int] = {}
         self._weights = np.zeros(dim)
-        self.backtracking = backtracking
-        self.backtracks = 0  # how often η was halved
-        self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (w, ḡ) of the last step taken
+        self.line_search = line_search
+        # (w, ḡ, u = P·ḡ, η) of the last step taken, for the line search
+        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
 
     # -- what callers read -------------------------------------------------
     @property
@@ -235,35 +236,43 @@ class GradCovStrategy(Strategy):
         if self.local_steps > 0:
             new = self._weights + mean
         else:
-            start, mean = self._backtrack(self._weights, mean)
-            new = start - self.learning_rate * (self.preconditioner @ mean)
+            start, mean = self._line_search(self._weights, mean)
+            direction = self.preconditioner @ mean
+            self._remember(start, mean, direction)
+            new = start - self.learning_rate * direction
         metrics = MetricRecord(
             {"clients-replied": len(valid), "gradients-pooled": self.pool.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
 
-    def _backtrack(self, w: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where to step from: undo the last step if it made things worse.
+    def _line_search(self, w: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Correct the last step to the exact minimiser along its direction.
 
         With exact gradients (every client, full local data, clean targets) the
-        P-norm ḡᵀPḡ of a convergent preconditioned step shrinks; if it grew, a
-        direction of PΣ exceeds 2/η (Σ̂ too small there). Then η is halved and
-        the step is retaken from the previous point with its gradient, which the
-        server still holds — no extra communication.
+        loss is an exact quadratic, so the last step s = −η·u (u = P·ḡ_prev)
+        and the gradient change y = ḡ − ḡ_prev = −η·Σu reveal the curvature
+        uᵀΣu along u. The best step along u is η* = ḡ_prevᵀu / uᵀΣu; the server
+        moves to w_prev − η*·u, whose gradient ḡ_prev + (η*/η)·y it can compute
+        — an exact line search with no extra messages. An overshooting step is
+        thus undone in the next round instead of diverging.
         """
         exact = (
-            self.backtracking and self.precondition and self.fraction_train >= 1.0
+            self.line_search and self.precondition and self.fraction_train >= 1.0
             and self.train_gradient == "full" and not self.noisy_targets
         )
-        if exact and self._previous is not None:
-            w_prev, g_prev = self._previous
-            P = self.preconditioner
-            if grad @ P @ grad > g_prev @ P @ g_prev:
-                self.learning_rate /= 2
-                self.backtracks += 1
-                return w_prev, g_prev
-        self._previous = (w, grad)
+        if not exact:
+            return w, grad
+        if self._previous is not None:
+            w_prev, g_prev, u, eta = self._previous
+            y = grad - g_prev
+            curvature = -float(u @ y) / eta
+            if curvature > 0:
+                eta_star = float(g_prev @ u) / curvature
+                w, grad = w_prev - eta_star * u, g_prev + (eta_star / eta) * y
         return w, grad
+
+    def _remember(self, w: np.ndarray, grad: np.ndarray, direction: np.ndarray) -> None:
+        self._previous = (w, grad, direction, self.learning_rate)
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
         """The config sent to one node (override to vary it per node)."""
