@@ -122,6 +122,7 @@ def compare(
             for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
     _write_csv(out / "comparison.csv", rows)
+    (out / "comparison.md").write_text(markdown_table(rows, base.stop.target, budget))
     _plot(best, out / "comparison.png", f"{base.name}: best-tuned run of each method", base.stop.target)
     _print(rows, console, base.stop.target, budget)
     return rows
@@ -146,6 +147,26 @@ def _row(o: Outcome, scenario, out: Path) -> dict:
         "tuned_grid": " ".join(f"{v:g}" for v in grid) + (" ×auto" if relative else ""),
         "run_dir": str(o.out.relative_to(out)),
     }
+
+
+def markdown_table(rows: list[dict], target: float, budget: int) -> str:
+    """The comparison as a Markdown table (for READMEs and reports)."""
+    def num(v):
+        return f"{v:,}" if v not in ("", None) else "—"
+
+    lines = [
+        f"| method | rounds to {target:g} | uplink bytes | downlink bytes | gradient evals | final risk | tuned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        local = r["tuned_parameter"].endswith("local_learning_rate")
+        lr = r["local_learning_rate"] if local else r["learning_rate"]
+        lines.append(
+            f"| {r['method']} | {r['rounds_to_target'] or f'> {budget}'} | {num(r['bytes_up_to_target'])} | "
+            f"{num(r['bytes_down_to_target'])} | {num(r['local_gradient_evals_to_target'])} | "
+            f"{r['final_excess_risk']:.1e} | {'local η' if local else 'η'} = {lr:.3g} ({r['tuned_grid']}) |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
