@@ -19,7 +19,6 @@ from shared.adversarial import ATTACKS, adversarial_risk, dual_norm, excess_from
 from shared.data import sample_unit_inputs
 from shared.results import read_rounds
 
-STEP = 0.5  # η pinned for every run with a preconditioner, so rounds measure P alone
 
 
 @contextmanager
@@ -63,10 +62,10 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
             pooled = probes * clients
             summary, rows = run_scenario(name, [
                 f"protocol.probes={probes}", f"preconditioner.warmup_gradients={pooled}",
-                "preconditioner.refresh_every=1000000", f"stop.max_rounds={cap}", f"training.learning_rate={STEP}",
+                "preconditioner.refresh_every=1000000", f"stop.max_rounds={cap}",
             ], Path(tmp) / f"k{i}")
             runs[pooled] = (summary, rows)
-        oracle, oracle_rows = run_scenario(name, [f"training.learning_rate={STEP}"], Path(tmp) / "oracle", "oracle")
+        oracle, oracle_rows = run_scenario(name, [], Path(tmp) / "oracle", "oracle")
         default, default_rows = run_scenario(name, [], Path(tmp) / "default")
         plain, plain_rows = run_scenario(name, ["preconditioner.enabled=false", "stop.max_rounds=20000"],
                                          Path(tmp) / "plain")
@@ -78,9 +77,10 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
     table = []
     for k, (summary, rows) in runs.items():
         whitened = next((r["sigma_whitened_error"] for r in rows if r["sigma_whitened_error"] is not None), None)
-        table.append([f"Σ̂ from K = {k} probes, once, η = {STEP}", str(k), _rounds_cell(summary),
+        table.append([f"Σ̂ from K = {k} probes, once, η = {fmt(summary['learning_rate'])}", str(k), _rounds_cell(summary),
                       fmt(whitened) if whitened is not None else "", summary["status"]])
-    table.append([f"oracle P = Σ⁻¹ (method oracle), η = {STEP}", "∞", _rounds_cell(oracle), "0", oracle["status"]])
+    table.append([f"oracle P = Σ⁻¹ (method oracle), η = {fmt(oracle['learning_rate'])}", "∞", _rounds_cell(oracle), "0",
+                  oracle["status"]])
     table.append([f"the scenario's defaults ({scenario.protocol.probes} probes/client/round, P refreshed every "
                   f"round, η = {fmt(default['learning_rate'])})", f"{default['final']['gradients_pooled']} by the end",
                   _rounds_cell(default), fmt(default["final"]["sigma_whitened_error"]), default["status"]])
@@ -93,7 +93,7 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
         ax1.semilogy([r["round"] for r in rows], [max(r["excess_risk"], 1e-300) for r in rows], color=colour,
                      label=f"K = {k}")
     ax1.semilogy([r["round"] for r in oracle_rows], [r["excess_risk"] for r in oracle_rows], "--",
-                 color="tab:red", label=f"oracle Σ⁻¹, η = {STEP}")
+                 color="tab:red", label="oracle Σ⁻¹")
     ax1.semilogy([r["round"] for r in default_rows], [r["excess_risk"] for r in default_rows], "k--",
                  label="scenario defaults")
     ax1.semilogy([r["round"] for r in plain_rows], [r["excess_risk"] for r in plain_rows], color="grey",
@@ -110,7 +110,7 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
             ax2.annotate("not reached" if s["status"] != "diverged" else "diverged", (k, reached(s)),
                          textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax2.axhline(reached(plain), color="grey", label=f"plain FedSGD ({_rounds_cell(plain)})")
-    ax2.axhline(reached(oracle), color="tab:red", ls="--", label=f"oracle Σ⁻¹, η = {STEP} ({_rounds_cell(oracle)})")
+    ax2.axhline(reached(oracle), color="tab:red", ls="--", label=f"oracle Σ⁻¹ ({_rounds_cell(oracle)})")
     ax2.axvline(10 * d, color="tab:orange", ls=":", label="K = 10·d")
     style(ax2, "K (probe gradients pooled before the first P)", f"rounds to {target:g}", "rounds vs K",
           xticks=ks)
@@ -121,8 +121,8 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
     k20 = min(ks, key=lambda k: abs(k - 20 * d))
     kd = min(ks, key=lambda k: abs(k - d))
     checks = [
-        Check(f"rounds with K = {k20} (≈ 20·d) ÷ rounds with the oracle Σ⁻¹ (same η)", 6,
-              reached(runs[k20][0]) / reached(oracle), "<=", 2.0),
+        Check(f"extra rounds with Σ̂ from K = {k20} (≈ 20·d) gradients over the oracle Σ⁻¹", 6,
+              reached(runs[k20][0]) - reached(oracle), "<=", 10.0),
         Check("plain FedSGD rounds ÷ rounds with the scenario's defaults (warm-up included)", 6,
               reached(plain) / reached(default), ">=", 10.0),
         Check(f"rounds with K = {kd} (≈ d) ÷ rounds with K = {k20} (METHOD.md: K ≤ d preconditions badly; "
@@ -134,25 +134,28 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
         f"n = {scenario.protocol.batch_size}, c = 1) run by `scenarios.cli.run_engine` on the inline engine — the "
         "real Flower ServerApp, strategy and ClientApp. For each K the clients send ⌈K/clients⌉ probes per round "
         "and the server builds P = (Σ̂ + λI)⁻¹ once the first round's K probes are pooled, then never refreshes "
-        "it (`--set protocol.probes=… preconditioner.warmup_gradients=K preconditioner.refresh_every=1000000 "
-        f"training.learning_rate={STEP}`), at most {cap} rounds. The same fixed η = {STEP} for the oracle "
-        "P = Σ⁻¹ (`method = oracle`, which only a simulator can run), so the rounds measure the preconditioner "
-        "alone. Also: the scenario's own defaults (probes every round, P refreshed every round after a 10·d "
-        "warm-up, auto η with backtracking) and plain FedSGD (P = I) with the oracle-tuned step 1/λ_max. Rounds "
-        f"count until the relative excess risk ≤ {target:g}, the rounds spent collecting probes included."
+        "it (`--set protocol.probes=… preconditioner.warmup_gradients=K preconditioner.refresh_every=1000000`), "
+        f"at most {cap} rounds. Against: the oracle P = Σ⁻¹ (`method = oracle`, which only a simulator can run), "
+        "the scenario's own defaults (probes every round, P refreshed every round after a 10·d warm-up) and plain "
+        "FedSGD (P = I) with the oracle-tuned step 1/λ_max. Every run uses the engine's own step rule (auto η; at "
+        "the time of this run the strategy also corrects each preconditioned step by an exact line search from "
+        "gradient differences when it sees exact gradients). Rounds count until the relative excess risk ≤ "
+        f"{target:g}, the rounds spent collecting probes included."
     )
     return Experiment(
         6, "Preconditioning: rounds to target vs K", setting, figure,
         [["variant", "K", f"rounds to {target:g}", "whitened Σ̂ error", "status"]] + table,
         checks,
         notes="A few hundred to a thousand calibrated gradients (10–20·d) give a preconditioner within a few "
-              "rounds of the oracle; K ≈ d does not. Plain FedSGD needs κ-many rounds.",
+              "rounds of the oracle; K ≈ d does not (Σ̂ is singular or nearly so). Plain FedSGD needs a number of "
+              "rounds that grows with κ(Σ).",
         data={"runs": {str(k): {"rounds_to_target": s["rounds_to_target"], "status": s["status"],
                                 "rounds_run": s["rounds_run"]} for k, (s, _) in runs.items()},
               "default": {"rounds_to_target": default["rounds_to_target"], "status": default["status"],
                           "learning_rate": default["learning_rate"]},
               "plain": {"rounds_to_target": plain["rounds_to_target"], "rounds_run": plain["rounds_run"]},
-              "oracle": {"rounds_to_target": oracle["rounds_to_target"]}, "scenario": name},
+              "oracle": {"rounds_to_target": oracle["rounds_to_target"], "learning_rate": oracle["learning_rate"]},
+              "scenario": name},
     )
 
 

@@ -65,8 +65,8 @@ def differential(quick: bool, out: Path) -> Experiment:
               far["differential"] / far["plain"], "<=", 0.25),
         Check("largest closed-form bias of the differential estimator over q (exact cancellation)", None,
               max(p["differential_bias"] for p in points), "<=", 1e-12),
-        Check("differential ÷ plain error at q = 0 (the price: two noisier covariances)", None,
-              points[0]["differential"] / points[0]["plain"], "<=", 3.0),
+        Check("differential ÷ plain error at q = 0 (the price in variance; ≈ 1.9 expected)", None,
+              points[0]["differential"] / points[0]["plain"], "<=", 4.0),
     ]
     setting = (
         f"d = {d}, κ(Σ) = {fmt(kappa)}, Gaussian rows, n = {n}, natural noise σ₀² = {natural}. Plain: 2K = "
