@@ -209,6 +209,8 @@ def deployment_options(args, scenario) -> DeployOptions:
         host, _, port = opts.superlink.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ScenarioError(f"--superlink: expected HOST:PORT (e.g. 127.0.0.1:8000), got {opts.superlink!r}")
+    if args.tls and opts.superlink is not None and opts.certs is None:
+        raise ScenarioError("--tls: a running SuperLink has its own CA; give --certs DIR with its ca.crt instead")
     if opts.no_supernodes and opts.superlink is None:
         raise ScenarioError("--no-supernodes: needs --superlink HOST:PORT, the SuperLink your SuperNodes joined")
     if opts.certs is not None and not opts.certs.is_dir():

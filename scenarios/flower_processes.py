@@ -117,9 +117,9 @@ def flower_command(name: str) -> str:
     return str(path) if path.exists() else name
 
 
-def start(args: list[str], env: dict, log) -> subprocess.Popen:
+def start(args: list[str], env: dict, log, cwd: Path | None = None) -> subprocess.Popen:
     """Start a process in its own process group, output to ``log``."""
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:

@@ -20,19 +20,21 @@ import numpy as np
 import pytest
 from _support import live_processes_with_env, rows_without_seconds
 
+from scenarios import flower_processes as fp
 from scenarios.cli import main
+from scenarios.deployment_engine import superlink_command, supernode_command
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "clients.count=3", "--set", "stop.max_rounds=3"]
 MARK = "FEDSIGMA_TEST_RUN"
 
 
-def run_cli(args: list[str], timeout: float = 100) -> tuple[subprocess.CompletedProcess, str]:
+def run_cli(args: list[str], timeout: float = 100, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, str]:
     """``fedsigma run ARGS`` in a subprocess whose descendants all carry a marker in their environment."""
     mark = uuid.uuid4().hex
     done = subprocess.run(
         [sys.executable, "-m", "scenarios.cli", "run", *args], capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, MARK: mark}, cwd=ROOT,
+        timeout=timeout, env={**os.environ, MARK: mark}, cwd=cwd,
     )
     return done, mark
 
@@ -88,26 +90,44 @@ def _standardised(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.timeout(120)
 def test_nodes_bring_their_own_csv(tmp_path):
-    """Three SuperNodes, three CSV files with different offsets and scales: each node
-    standardises its own table, and the run converges to least squares on the union of
-    the three standardised tables."""
+    """Three SuperNodes started by their operators, each pointed at its own CSV file by its
+    node config (different offsets and scales; the scenario names no files); fedsigma
+    submits to their SuperLink. Each node standardises its own table, and the run
+    converges to least squares on the union of the three standardised tables."""
     rng = np.random.default_rng(5)
     w_true = np.array([1.5, -2.0, 0.7])
-    tables = []
+    tables, configs = [], []
     for k in range(3):
         rows = 120 + 40 * k
         X = rng.normal(loc=3.0 * k, scale=1.0 + k, size=(rows, 3)) @ np.array([[1, .3, 0], [0, 1, .5], [0, 0, 1]])
         y = X @ w_true + 10.0 * k + rng.normal(scale=0.5, size=rows)
         tables.append(np.column_stack([X, y]))
         np.savetxt(tmp_path / f"node{k}.csv", tables[-1], delimiter=",", header="a,b,c,yield", comments="")
+        configs.append({"partition-id": k, "num-partitions": 3, "data-path": str(tmp_path / f"node{k}.csv"),
+                        "target": "yield"})
     (tmp_path / "byo.toml").write_text(
-        'name = "byo"\nseed = 3\n[data]\nkind = "nodes"\ndim = 3\ntarget = "yield"\n'
-        'paths = ["node0.csv", "node1.csv", "node2.csv"]\n[clients]\ncount = 3\n'
+        'name = "byo"\nseed = 3\n[data]\nkind = "nodes"\ndim = 3\n[clients]\ncount = 3\n'
         "[protocol]\nbatch_size = 16\nprobes = 64\n[training]\nlearning_rate = 1.0\n[stop]\nmax_rounds = 4\n"
     )
-    out = tmp_path / "out"
-    done, mark = run_cli([str(tmp_path / "byo.toml"), "--engine", "deployment", "--out", str(out)])
-    assert done.returncode == 0, done.stderr[-3000:]
+    site = tmp_path / "site"  # the SuperLink's working directory, and so its ServerApp's
+    site.mkdir()
+    mark = uuid.uuid4().hex
+    env = {**fp.flower_env(tmp_path / "home"), MARK: mark}
+    port = fp.free_port()
+    started = []
+    with (tmp_path / "operators.log").open("w") as log:
+        try:
+            started.append(fp.start(_local(superlink_command(port)), env, log, cwd=site))
+            fp.wait_for_port(port, started[0], 60, "flower-superlink")
+            started += [fp.start(_local(supernode_command(f"127.0.0.1:{port}", fp.free_port(), c)), env, log)
+                        for c in configs]
+            done, cli_mark = run_cli(["../byo.toml", "--engine", "deployment", "--superlink", f"127.0.0.1:{port}",
+                                      "--no-supernodes", "--out", "runs/byo"], cwd=site)
+        finally:
+            fp.stop_all(started[1:])
+            fp.stop_all(started[:1])
+    assert done.returncode == 0, done.stderr[-3000:] + fp.log_tail(tmp_path / "operators.log", 40)
+    out = site / "runs" / "byo"
     parts = [_standardised(t) for t in tables]
     X, y = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     w_ls = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -118,13 +138,17 @@ def test_nodes_bring_their_own_csv(tmp_path):
     w_union = np.linalg.lstsq(X_union, y_union, rcond=None)[0]
     assert np.linalg.norm(w - w_union) / np.linalg.norm(w_union) > 0.05
     # no oracle: empty metric cells, no true Σ, the full round budget
-    rows = [dict(r) for r in rows_without_seconds(out / "rounds.csv")]
+    rows = rows_without_seconds(out / "rounds.csv")
     assert len(rows) == 4 and {r["clients_replied"] for r in rows} == {"3"}
     assert {r[k] for r in rows for k in ("excess_risk", "loss", "sigma_rel_error", "sigma_whitened_error")} == {""}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "max_rounds" and summary["rounds_to_target"] is None
     assert not (out / "sigma_true.npy").exists() and (out / "sigma_hat.npy").is_file()
-    assert live_processes_with_env(MARK, mark) == []
+    assert live_processes_with_env(MARK, mark) == [] and live_processes_with_env(MARK, cli_mark) == []
+
+
+def _local(cmd: list[str]) -> list[str]:
+    return [fp.flower_command(cmd[0]), *cmd[1:]]
 
 
 @pytest.mark.timeout(90)

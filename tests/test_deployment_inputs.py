@@ -88,6 +88,7 @@ def test_deployment_flag_errors(nodes_dir, capsys):
         (["--superlink", "127.0.0.1:8000"], "--superlink: only with the deployment engine"),
         (["--engine", "deployment", "--superlink", "localhost"], "--superlink: expected HOST:PORT"),
         (["--engine", "deployment", "--no-supernodes"], "--no-supernodes: needs --superlink"),
+        (["--engine", "deployment", "--tls", "--superlink", "127.0.0.1:8443"], "--tls: a running SuperLink"),
         (["--engine", "deployment", "--certs", str(nodes_dir / "none")], "--certs: no folder"),
         (["--engine", "deployment", "--certs", str(nodes_dir)], "--certs: no ca.crt"),
         (["--engine", "deployment", "--superlink", f"127.0.0.1:{free_port()}"], "--superlink: nothing answers"),
