@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,13 +228,15 @@ def _json_error(text: str) -> str:
 
 
 def _register_supernodes(certs: Certificates, nodes: int, env: dict, log) -> None:
-    """CLI-managed SuperNode authentication: register each node's public key."""
-    for k in range(nodes):
-        pub = certs.node_key(k).with_name(certs.node_key(k).name + ".pub")
-        out = _flwr(["supernode", "register", str(pub), fp.CONNECTION, "--format", "json"], env, log, 60,
-                    check=False)
-        if '"success": true' not in out and "already" not in out:
-            raise fp.EngineError(f"flwr supernode register {pub.name} failed: {_json_error(out)}")
+    """CLI-managed SuperNode authentication: register each node's public key (in parallel:
+    each ``flwr`` call is a Python start-up)."""
+    pubs = [certs.node_key(k).with_name(certs.node_key(k).name + ".pub") for k in range(nodes)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outs = pool.map(lambda pub: _flwr(["supernode", "register", str(pub), fp.CONNECTION, "--format", "json"],
+                                          env, log, 120, check=False), pubs)
+        for pub, out in zip(pubs, outs):
+            if '"success": true' not in out and "already" not in out:
+                raise fp.EngineError(f"flwr supernode register {pub.name} failed: {_json_error(out)}")
 
 
 def _submit(tmp: Path, run_config: dict, env: dict, log) -> int:

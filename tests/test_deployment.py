@@ -71,9 +71,10 @@ def test_deployment_over_tls_with_supernode_auth(tmp_path, inline_rows):
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     out = tmp_path / "tls"
-    done, mark = run_cli(["quickstart", "--engine", "deployment", "--certs", str(certs), "--out", str(out), *QUICK])
+    done, mark = run_cli(["quickstart", "--engine", "deployment", "--certs", str(certs), "--out", str(out), *QUICK,
+                          "--set", "stop.max_rounds=2"])  # 2 of the inline run's 3 rounds: same seeds, same rows
     assert done.returncode == 0, done.stderr[-3000:]
-    assert rows_without_seconds(out / "rounds.csv") == inline_rows
+    assert rows_without_seconds(out / "rounds.csv") == inline_rows[:2]
     log = (out / "flower.log").read_text()
     assert "Uvicorn running on https://127.0.0.1:" in log
     assert "SuperNode authentication is disabled" not in log

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from _support import read_rounds_raw
 
 from client.client_app import app as client_app
 from scenarios.cli import main
@@ -140,3 +141,12 @@ def test_a_node_with_an_unusable_table_fails_clearly(nodes_dir, table, config, e
     with pytest.raises(RuntimeError, match=f"handshake failed: NodeDataError: node config {key}: .*"
                                            + re.escape(expected.split(": ", 1)[-1])):
         run_inline(server_app, client_app, 2, run_config, [bad, good])
+
+
+def test_inline_engine_runs_a_nodes_scenario_from_its_paths(nodes_dir, capsys):
+    """No SuperNodes: data.paths[k] is partition k's table; no oracle, so empty metric cells."""
+    out = nodes_dir / "out"
+    assert main(["run", str(nodes_dir / "nodes.toml"), "--out", str(out)]) == 0
+    rows = read_rounds_raw(out / "rounds.csv")
+    assert len(rows) == 2 and {r["excess_risk"] for r in rows} == {""} and {r["clients_replied"] for r in rows} == {"2"}
+    assert "rounds run" in capsys.readouterr().out
