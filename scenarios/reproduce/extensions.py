@@ -177,9 +177,12 @@ def label_privacy(quick: bool, out: Path) -> Experiment:
         9, "Label privacy (μ-GDP) of the injected noise", setting, figure,
         [["release pattern", *(f"T = {t} round{'s' if t > 1 else ''}" for t in horizons)]] + table,
         checks,
-        notes="One calibrated release protects a label about as much as a coin flip with a small bias; many "
-              "fresh releases add up (μ√T), so long runs or many probes per round give little label privacy "
-              "unless the noise is drawn once per row and reused.",
+        notes="One calibrated release limits any test for a label to TPR − FPR ≤ 2Φ(μ/2) − 1 ≈ "
+              f"{fmt(max_advantage(mu))}; the gradient itself leaks less (only the row's leverage h of it). Fresh "
+              "releases add up (μ√T), so long runs or many probes per round give little label privacy. Noise "
+              "drawn once per row and reused would cost μ once, but fedsigma's clients draw fresh noise for "
+              "every probe (reused noise behaves like natural noise: it carries the finite-population factor "
+              "and would change the calibration).",
         data={"mu": mu, "injected_var": injected, "bound": bound, "leverage": leverage, "attack": empirical},
         extra_table=[["attack: T releases on one batch", "measured advantage", "exact 2Φ(μ√(T·h)/2) − 1",
                       "μ-GDP bound 2Φ(μ√T/2) − 1"]]

@@ -70,25 +70,30 @@ def machine() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return dict(cores=cores, cpu=cpu, system=f"{platform.system()} {platform.machine()}", versions=versions)
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+    return dict(cores=cores, cpu=cpu, system=f"{platform.system()} {platform.machine()}", versions=versions,
+                load_average=load)
 
 
 def write_report(out: Path, results: list[Experiment], verdicts: list[dict], *, quick: bool, seconds: float) -> None:
     """DIR/report.md (for people) and DIR/results.json (every number and check)."""
     info = machine()
     mode = "quick" if quick else "full"
-    command = "fedsigma reproduce" + (" --quick" if quick else "") + f" --out {out.name}"
+    command = "fedsigma reproduce" + (" --quick" if quick else "") + f" --out {_shown(out)}"
     write_json(out / "results.json", dict(
         command=command, mode=mode, seconds=round(seconds, 1), machine=info,
         passed=all(r.passed for r in results), claims=verdicts,
         experiments=[r.as_json() for r in results],
     ))
+    load = info["load_average"]
+    busy = ": the machine was also running other work" if load is not None and load > info["cores"] else ""
     lines = [
         "# Reproducing the claims of arXiv 2601.18546 with fedsigma",
         "",
         f"`{command}` ({mode} mode) ran all {len(results)} experiments in **{seconds:.0f} s "
         f"({seconds / 60:.1f} min)** on {info['cores']} cores ({info['cpu']}, {info['system']}; Python "
-        f"{info['versions']['python']}, numpy {info['versions']['numpy']}, flwr {info['versions']['flwr']}). "
+        f"{info['versions']['python']}, numpy {info['versions']['numpy']}, flwr {info['versions']['flwr']}; "
+        f"load average {info['load_average']} when the report was written{busy}). "
         "Every random number generator is seeded: rerunning the command gives the same numbers; only the "
         "timings change. Every verdict below is a measured number against a criterion fixed in the code "
         "(`scenarios/reproduce/`); `results.json` holds them all.",
@@ -122,6 +127,14 @@ def write_report(out: Path, results: list[Experiment], verdicts: list[dict], *, 
                          f"| **{c.verdict}** |")
         lines += ["", e.notes, "", f"*{e.seconds:.1f} s.*"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _shown(path: Path) -> str:
+    """The report folder as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _markdown_table(rows: list[list[str]]) -> list[str]:

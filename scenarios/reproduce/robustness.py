@@ -71,6 +71,9 @@ def inputs(quick: bool, out: Path) -> Experiment:
     ax1.legend(fontsize=8)
     for name, colour in (("rademacher, δ ∥ axis", "tab:green"), ("rademacher, δ ∥ axis, uncalibrated", "tab:red")):
         ax2.semilogy(range(1, d + 1), spectra[name], "o-", color=colour, label=name)
+    smallest = spectra["rademacher, δ ∥ axis, uncalibrated"][0]
+    ax2.annotate("zero up to rounding", (1, smallest), textcoords="offset points", xytext=(12, 0), fontsize=9,
+                 color="tab:red", va="center")
     ax2.set_xticks(range(1, d + 1, 2))
     ax2.set_xlabel("eigenvalue index (ascending)")
     ax2.set_ylabel("eigenvalue of Σ^-½ Σ̂ Σ^-½ / mean")
