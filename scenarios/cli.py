@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set protocol.batch_size=128 (repeatable)")
     run.add_argument("--out", type=Path, help="results folder (default: runs/<scenario>-<timestamp>/)")
+    run.add_argument("--method", default="gradcov", choices=DEFAULT_METHODS,
+                     help="the server's method (default gradcov); see `fedsigma compare`")
     dep = run.add_argument_group("deployment engine")
     dep.add_argument("--superlink", metavar="HOST:PORT",
                      help="use this running SuperLink instead of starting one on 127.0.0.1")
@@ -141,7 +143,7 @@ def cmd_run(args, console: Console) -> int:
         highlight=False,
     )
     with RoundsProgress(out / "rounds.csv", scenario.stop.max_rounds, console):
-        run_engine(scenario, out, deploy=deploy)
+        run_engine(scenario, out, method=args.method, deploy=deploy)
     if not (out / "summary.json").is_file():  # a remote SuperLink: its ServerApp wrote the folder
         console.print(f"run finished; the ServerApp wrote its results folder {deploy.out_dir(out)} "
                       "relative to its own working directory", highlight=False)
