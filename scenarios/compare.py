@@ -38,6 +38,7 @@ GRIDS: dict[str, tuple[str, tuple[float, ...], bool]] = {
     "fedavg": ("local_learning_rate", (0.5, 1.0, 1.9), True),
     **{m: ("learning_rate", (0.03, 0.1, 0.3), False) for m in ("fedadam", "fedyogi", "fedadagrad")},
 }
+EXTEND = 2  # extra values tried past a grid edge that won
 COLUMNS = (
     "method", "rounds_to_target", "bytes_up_to_target", "bytes_down_to_target",
     "local_gradient_evals_to_target", "final_excess_risk", "wall_seconds", "learning_rate",
@@ -93,14 +94,16 @@ def compare(
     budget = max_rounds or base.stop.max_rounds
     _, oracle = oracle_for(base)
     best: dict[str, Outcome] = {}
+    tried_values: dict[str, list[float]] = {}
     for method in methods:
         key, grid, relative = GRIDS[method]
         sets = [*overrides, *GRADCOV_VARIANTS.get(method, []), f"stop.max_rounds={budget}"]
         scenario = load_scenario(scenario_ref, sets)
         auto = resolve_learning_rates(scenario, oracle, method)[0 if key == "learning_rate" else 1]
         values = [v * auto for v in grid] if relative else list(grid)
-        tried = []
-        for value in values:
+        tried: list[Outcome] = []
+
+        def attempt(value: float) -> None:
             run_dir = out / method / f"{key}-{value:.4g}"
             sc = load_scenario(scenario_ref, [*sets, f"training.{key}={value!r}"])
             started = time.perf_counter()
@@ -110,16 +113,29 @@ def compare(
             except Exception as exc:  # noqa: BLE001 — one failed setting must not end the comparison
                 console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
                 if not (run_dir / "summary.json").is_file():
-                    continue
+                    return
             summary = json.loads((run_dir / "summary.json").read_text())
             outcome = Outcome(method, value, run_dir, summary, read_rounds(run_dir / "rounds.csv"),
                               time.perf_counter() - started)
             console.print(f" {summary['status']}, {outcome.reached or '-'} rounds", highlight=False)
             tried.append(outcome)
+
+        for value in values:
+            attempt(value)
+        # A best value on the grid's edge may not be the best: step past it, up to EXTEND times.
+        for _ in range(EXTEND):
+            if not tried or (top := min(tried, key=Outcome.rank)).reached is None:
+                break
+            grid_now = sorted(o.value for o in tried)
+            if len(grid_now) < 2 or top.value not in (grid_now[0], grid_now[-1]):
+                break
+            lo, hi = (grid_now[0], grid_now[1]) if top.value == grid_now[0] else (grid_now[-2], grid_now[-1])
+            attempt(top.value * (lo / hi if top.value == grid_now[0] else hi / lo))
         if tried:
             best[method] = min(tried, key=Outcome.rank)
-    rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out)
-            for o in best.values()]
+            tried_values[method] = sorted(o.value for o in tried)
+    rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out,
+                 tried_values[o.method]) for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
     _write_csv(out / "comparison.csv", rows)
     (out / "comparison.md").write_text(markdown_table(rows, base.stop.target, budget))
@@ -128,8 +144,8 @@ def compare(
     return rows
 
 
-def _row(o: Outcome, scenario, out: Path) -> dict:
-    key, grid, relative = GRIDS[o.method]
+def _row(o: Outcome, scenario, out: Path, values: list[float]) -> dict:
+    key = GRIDS[o.method][0]
     hit = next((r for r in o.rows if o.reached and int(r["round"]) == o.reached), None)
     per = evals_per_client(scenario, o.method)
     evals = sum(int(r["clients_replied"]) for r in o.rows[: o.reached]) * per if hit else None
@@ -144,7 +160,7 @@ def _row(o: Outcome, scenario, out: Path) -> dict:
         "learning_rate": o.summary["learning_rate"],
         "local_learning_rate": o.summary["local_learning_rate"],
         "tuned_parameter": f"training.{key}",
-        "tuned_grid": " ".join(f"{v:g}" for v in grid) + (" ×auto" if relative else ""),
+        "tuned_grid": " ".join(f"{v:.4g}" for v in values),
         "run_dir": str(o.out.relative_to(out)),
     }
 
