@@ -31,7 +31,6 @@ class RoundsProgress:
             TimeElapsedColumn(),
             console=console,
             transient=False,
-            disable=not console.is_terminal and False,
         )
         self._task = self._progress.add_task("run", total=max_rounds, status="starting…")
         self._thread = threading.Thread(target=self._follow, daemon=True)

@@ -7,6 +7,7 @@ an empty file is a valid (small, synthetic) scenario. Unknown keys are errors.
 from __future__ import annotations
 
 import csv
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -234,13 +235,17 @@ class Scenario(_Section):
 
 
 def _csv_rows(path: Path | None) -> int:
-    return len(load_csv(path, _first_column(path))[1])
+    return _csv_shape(str(path), Path(path).stat().st_mtime_ns)[0]
 
 
 def _csv_columns(path: Path | None) -> int:
-    return len(load_csv(path, _first_column(path))[2]) + 1
+    return _csv_shape(str(path), Path(path).stat().st_mtime_ns)[1]
 
 
-def _first_column(path: Path | None) -> str:
+@lru_cache(maxsize=32)
+def _csv_shape(path: str, mtime_ns: int) -> tuple[int, int]:
+    """(data rows, columns) of a CSV, parsed once per file version (validation asks often)."""
     with open(path, newline="") as handle:
-        return next(csv.reader(handle))[0].strip()
+        first = next(csv.reader(handle))[0].strip()
+    _, y, features = load_csv(path, first)
+    return len(y), len(features) + 1
