@@ -20,12 +20,14 @@ from rich.table import Table
 
 from scenarios.cli import run_engine
 from scenarios.loader import load_scenario
+from server.build import GRADCOV_VARIANTS
 
+# The same overrides that define these methods in `fedsigma compare`
 VARIANTS = {
-    "gradcov (c = 1)": [],
-    "gradcov-differential": ["protocol.differential=true"],
-    "gradcov-uncalibrated (c = 0)": ["protocol.calibration=0"],
-    "fedsgd (P = I)": ["preconditioner.enabled=false"],
+    "gradcov (c = 1)": GRADCOV_VARIANTS["gradcov"],
+    "gradcov-differential": GRADCOV_VARIANTS["gradcov-differential"],
+    "gradcov-uncalibrated (c = 0)": GRADCOV_VARIANTS["gradcov-uncalibrated"],
+    "fedsgd (P = I)": GRADCOV_VARIANTS["fedsgd"],
 }
 
 
