@@ -1,16 +1,24 @@
 """Rounds to target on a scenario: gradcov vs plain FedSGD vs uncalibrated, side by side.
 
     python benchmarks/preconditioning.py [SCENARIO] [--fedsgd-max-rounds N]
+                                         [--probes 32,64,128,256 --seeds 1,2,3,4,5,6,7]
 
 Prints one row per variant (rounds to the scenario's target, final Σ̂ error,
 uplink bytes, wall time) and the FedSGD/gradcov round ratio, all measured in
 this one run. FedSGD uses the oracle-tuned step 1/λ_max(Σ), its best case.
+
+Then the probes trade-off: gradcov's rounds and uplink bytes to the target for
+each number of probes per client per round, over several seeds (each seed draws
+new data, partitions and noise), with a plot (``--plot``). More probes shrink
+Σ̂'s sampling error, so fewer rounds, at more bytes per round.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +43,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", nargs="?", default="ill_conditioned")
     parser.add_argument("--fedsgd-max-rounds", type=int, default=20000)
+    parser.add_argument("--probes", default="32,64,128,256", help="probes per client per round ('' to skip)")
+    parser.add_argument("--seeds", default="1,2,3,4,5,6,7")
+    parser.add_argument("--plot", type=Path, default=Path("docs/probes_tradeoff.png"))
     args = parser.parse_args()
     console = Console(width=110)
+    variants(args, console)
+    probes = [int(v) for v in args.probes.split(",") if v]
+    if probes:
+        probes_tradeoff(args.scenario, probes, [int(v) for v in args.seeds.split(",") if v], args.plot, console)
+
+
+def variants(args: argparse.Namespace, console: Console) -> None:
     table = Table(title=f"{args.scenario}: rounds to target")
     for col in ("variant", "rounds to target", "final excess risk", "‖Σ̂−Σ‖/‖Σ‖", "bytes up", "wall s"):
         table.add_column(col)
@@ -69,6 +87,55 @@ def main() -> None:
     elif base:
         console.print(f"FedSGD did not reach the target in {args.fedsgd_max_rounds} rounds "
                       f"(> {args.fedsgd_max_rounds / base:.0f}× gradcov's {base}).")
+
+
+def probes_tradeoff(name: str, probes: list[int], seeds: list[int], plot: Path, console: Console) -> None:
+    """gradcov's rounds and uplink bytes to target against probes per client per round."""
+    table = Table(title=f"{name}: gradcov, probes per client per round ({len(seeds)} seeds)")
+    for col in ("probes", "rounds to target: median", "min–max", "per seed", "uplink MB: median", "wall s"):
+        table.add_column(col)
+    medians = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in probes:
+            started, rounds, up = time.perf_counter(), [], []
+            for seed in seeds:
+                out = Path(tmp) / f"{k}-{seed}"
+                run_engine(load_scenario(name, [f"protocol.probes={k}", f"seed={seed}"]), out)
+                summary = json.loads((out / "summary.json").read_text())
+                rounds.append(summary["rounds_to_target"] or math.inf)
+                up.append(summary["final"]["bytes_up"] / 1e6)
+            medians[k] = (statistics.median(rounds), statistics.median(up))
+            table.add_row(str(k), f"{medians[k][0]:g}", f"{min(rounds):g}–{max(rounds):g}",
+                          " ".join(f"{r:g}" for r in rounds), f"{medians[k][1]:.2f}",
+                          f"{time.perf_counter() - started:.1f}")
+    console.print(table)
+    _plot_tradeoff(name, medians, plot)
+    console.print(f"plot: {plot}")
+
+
+def _plot_tradeoff(name: str, medians: dict[int, tuple[float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    ks = sorted(medians)
+    fig, left = plt.subplots(figsize=(6, 3.6))
+    left.plot(ks, [medians[k][0] for k in ks], "o-", color="tab:blue")
+    left.set_xscale("log", base=2)
+    left.set_xticks(ks, [str(k) for k in ks])
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("probes per client per round")
+    left.set_ylabel("rounds to target (median)", color="tab:blue")
+    right = left.twinx()
+    right.plot(ks, [medians[k][1] for k in ks], "s--", color="tab:orange")
+    right.set_ylabel("uplink MB to target (median)", color="tab:orange")
+    left.set_title(f"{name}: fewer rounds for more bytes")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,11 @@ class Training(_Section):
     local_learning_rate: float | Literal["auto"] = Field(
         "auto", description="clients' step in local steps; auto = 0.5 with P, 1/λmax(Σ) without"
     )
+    line_search_memory: int = Field(
+        20, ge=0, le=1000,
+        description="with P and exact gradients, past steps the server minimises over and sizes its "
+                    "step from (shared.secant); 0 = plain w − η·P·ḡ steps",
+    )
 
     @model_validator(mode="after")
     def _positive_rate(self) -> Training:

@@ -21,6 +21,7 @@ from shared import protocol as p
 from shared.calibration import estimator_coefficients
 from shared.estimators import CovariancePool
 from shared.lowrank import LowRankPreconditioner, SketchPool
+from shared.secant import SecantMemory
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
 
 
@@ -67,8 +68,11 @@ class GradCovStrategy(Strategy):
         grid's node list every run.
     line_search : bool
         With exact gradients (all clients, full local data, clean targets),
-        correct each step to the exact minimiser along its direction, from the
-        gradient change it caused (see ``_line_search``); no extra messages.
+        move each round to the exact minimiser over the last
+        ``line_search_memory`` steps, and size the next step exactly along the
+        previous one, from the gradient changes the steps caused
+        (:class:`shared.secant.SecantMemory`; no extra messages). With a fixed P
+        this is preconditioned conjugate gradients.
     rank : int or None
         None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
         sketch of 2r + ``sketch_oversample`` columns and P applied with the
@@ -101,6 +105,7 @@ class GradCovStrategy(Strategy):
         local_learning_rate: float = 0.5,
         seed: int = 0,
         line_search: bool = True,
+        line_search_memory: int = 20,
         rank: int | None = None,
         sketch_oversample: int = 10,
         max_gradients: int | None = None,
@@ -140,8 +145,7 @@ class GradCovStrategy(Strategy):
         self._sent: dict[int, int] = {}
         self._weights = np.zeros(dim)
         self.line_search = line_search
-        # (w, ḡ, u = P·ḡ, η) of the last step taken, for the line search
-        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        self.secant = SecantMemory(min(line_search_memory, dim))
 
     # -- what callers read -------------------------------------------------
     @property
@@ -235,44 +239,28 @@ class GradCovStrategy(Strategy):
         mean = np.average(np.stack(updates), axis=0, weights=weights)
         if self.local_steps > 0:
             new = self._weights + mean
-        else:
-            start, mean = self._line_search(self._weights, mean)
+        elif self._exact_gradients():
+            # exact quadratic: correct over the past steps and size the step from them
+            self.secant.observe(self._weights, mean)
+            eta = self.secant.step_size(mean, self.learning_rate)
+            start, mean = self.secant.minimise(self._weights, mean)
             direction = self.preconditioner @ mean
-            self._remember(start, mean, direction)
-            new = start - self.learning_rate * direction
+            self.secant.stepped(mean, direction, eta)
+            new = start - eta * direction
+        else:
+            new = self._weights - self.learning_rate * (self.preconditioner @ mean)
         metrics = MetricRecord(
             {"clients-replied": len(valid), "gradients-pooled": self.pool.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
 
-    def _line_search(self, w: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Correct the last step to the exact minimiser along its direction.
-
-        With exact gradients (every client, full local data, clean targets) the
-        loss is an exact quadratic, so the last step s = −η·u (u = P·ḡ_prev)
-        and the gradient change y = ḡ − ḡ_prev = −η·Σu reveal the curvature
-        uᵀΣu along u. The best step along u is η* = ḡ_prevᵀu / uᵀΣu; the server
-        moves to w_prev − η*·u, whose gradient ḡ_prev + (η*/η)·y it can compute
-        — an exact line search with no extra messages. An overshooting step is
-        thus undone in the next round instead of diverging.
-        """
-        exact = (
+    def _exact_gradients(self) -> bool:
+        """Whether ḡ is the exact gradient of the federation's quadratic loss (every
+        client, full local data, clean targets), so gradient differences reveal Σ."""
+        return (
             self.line_search and self.precondition and self.fraction_train >= 1.0
             and self.train_gradient == "full" and not self.noisy_targets
         )
-        if not exact:
-            return w, grad
-        if self._previous is not None:
-            w_prev, g_prev, u, eta = self._previous
-            y = grad - g_prev
-            curvature = -float(u @ y) / eta
-            if curvature > 0:
-                eta_star = float(g_prev @ u) / curvature
-                w, grad = w_prev - eta_star * u, g_prev + (eta_star / eta) * y
-        return w, grad
-
-    def _remember(self, w: np.ndarray, grad: np.ndarray, direction: np.ndarray) -> None:
-        self._previous = (w, grad, direction, self.learning_rate)
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
         """The config sent to one node (override to vary it per node)."""

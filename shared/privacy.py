@@ -41,8 +41,11 @@ def delta_for_epsilon(mu: float, epsilon: float) -> float:
         return 0.0
     if math.isinf(mu):
         return 1.0
-    tail = std_normal_cdf(-epsilon / mu - mu / 2)
-    return std_normal_cdf(-epsilon / mu + mu / 2) - (math.exp(epsilon) * tail if tail > 0 else 0.0)
+    # e^ε·Φ(x) in log space: for a large composed μ, e^ε alone overflows a float
+    from scipy.special import log_ndtr
+
+    tail = math.exp(min(epsilon + float(log_ndtr(-epsilon / mu - mu / 2)), 0.0))
+    return max(std_normal_cdf(-epsilon / mu + mu / 2) - tail, 0.0)
 
 
 def epsilon_for_delta(mu: float, delta: float) -> float:

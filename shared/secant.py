@@ -1,0 +1,95 @@
+"""Exact curvature along past steps of a quadratic, from gradient differences.
+
+With exact gradients of a least-squares loss (every client, full local data,
+clean targets) the gradient is affine in w: g(w_b) − g(w_a) = Σ(w_b − w_a).
+So every step the server has taken already tells it Σ along that step, for
+free. :class:`SecantMemory` keeps the last m steps S (d × m) between the points
+where gradients were observed and the gradient changes Y = ΣS — both straight
+from observations, so round-off does not compound — and uses them twice a round:
+
+- ``minimise``: move to the minimiser of the loss over w + span(S),
+  a = −(SᵀY)⁺Sᵀg, w' = w + Sa, whose gradient g' = g + Ya is known exactly.
+  An overshooting step is undone, and with a fixed P the points visited are
+  those of preconditioned conjugate gradients (the span grows by one Krylov
+  direction a round), so a rough P costs about √κ(PΣ) rounds, not κ(PΣ).
+- ``step_size``: the exact minimiser along the previous direction u,
+  η* = g'ᵀu / uᵀΣu with Σu = (g'_prev − g)/η_prev, shortens the next step when
+  P's scale is too large along some direction (a low-rank P that missed part
+  of a spike treats it as bulk).
+
+No extra messages: only the aggregated gradients the clients already send.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SecantMemory:
+    """The last ``memory`` steps of an exact-gradient quadratic and Σ along them.
+
+    The server's round: ``observe`` the gradient at the point the clients
+    evaluated, ``step_size``, ``minimise``, take the step w' − η·u and record
+    it with ``stepped``.
+
+    Parameters
+    ----------
+    memory : int
+        m ≥ 1, the number of past steps kept (O(m·d) floats).
+    """
+
+    def __init__(self, memory: int) -> None:
+        if memory < 1:
+            raise ValueError("memory must be ≥ 1")
+        self.memory = memory
+        self._steps: list[np.ndarray] = []  # unit steps s/‖s‖ (d,)
+        self._changes: list[np.ndarray] = []  # Σs/‖s‖ (d,)
+        self._point: tuple[np.ndarray, np.ndarray] | None = None  # last (w, g) observed
+        self._last: tuple[np.ndarray, np.ndarray, float] | None = None  # (g', u, η) of the last step
+
+    def observe(self, w: np.ndarray, g: np.ndarray) -> None:
+        """Record the exact gradient g (d,) at w (d,); the step from the last point joins S."""
+        w, g = np.array(w, dtype=float), np.array(g, dtype=float)
+        if self._point is not None:
+            step = w - self._point[0]
+            norm = float(np.linalg.norm(step))
+            if norm > 0:
+                self._steps.append(step / norm)
+                self._changes.append((g - self._point[1]) / norm)
+                del self._steps[: -self.memory], self._changes[: -self.memory]
+        self._point = (w, g)
+
+    def minimise(self, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(w', g'): the minimiser over w + span(S) and its exact gradient, both (d,)."""
+        if not self._steps:
+            return w, g
+        S, Y = np.stack(self._steps, axis=1), np.stack(self._changes, axis=1)
+        curvature = S.T @ Y
+        vals, vecs = np.linalg.eigh((curvature + curvature.T) / 2)
+        # steps nearly parallel to others, or changes at round-off level, carry no curvature
+        keep = vals > max(vals.max(), 0.0) * 1e-10
+        if not keep.any():
+            return w, g
+        a = -(vecs[:, keep] / vals[keep]) @ (vecs[:, keep].T @ (S.T @ g))
+        return w + S @ a, g + Y @ a
+
+    def step_size(self, g: np.ndarray, default: float) -> float:
+        """η for the next step: the exact minimiser along the last direction (given the
+        gradient g now observed at the point that step reached), capped at ``default``;
+        ``default`` before any step, or when the curvature seen is not positive.
+
+        The cap: a longer step than the caller's η can overshoot when P has just
+        changed scale (the warm-up's I/λ̂_max, then (Σ̂+λI)⁻¹); a shorter one is safe,
+        and ``minimise`` stretches it next round if it fell short.
+        """
+        if self._last is None:
+            return default
+        g_prev, u, eta = self._last
+        curvature = float(u @ (g_prev - np.asarray(g, dtype=float))) / eta
+        if curvature <= 0:
+            return default
+        return min(default, float(g_prev @ u) / curvature)
+
+    def stepped(self, g: np.ndarray, u: np.ndarray, eta: float) -> None:
+        """Record the step w' − η·u just taken from a point whose gradient is g."""
+        self._last = (np.array(g, dtype=float), np.array(u, dtype=float), float(eta))

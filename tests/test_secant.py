@@ -1,0 +1,120 @@
+"""SecantMemory: exact curvature along past steps of a quadratic, from gradient changes."""
+
+import numpy as np
+import pytest
+
+from shared.secant import SecantMemory
+
+
+def _quadratic(d: int, kappa: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    H = Q @ np.diag(np.geomspace(1.0, kappa, d)) @ Q.T
+    w_star = rng.standard_normal(d)
+    return H, w_star, (lambda w: H @ (w - w_star))
+
+
+def _run(P: np.ndarray, memory: int | None, rounds: int, d: int = 12, kappa: float = 1e3) -> list[float]:
+    """Energy (w − w*)ᵀH(w − w*) after each round of the server's loop: observe,
+    size the step, correct over the past steps, step along P·g'. memory=None: no
+    secant memory, plain steps of η = 1/λ_max (what FedSGD does)."""
+    H, w_star, grad = _quadratic(d, kappa)
+    mem = SecantMemory(memory) if memory else None
+    w, energies = np.zeros(d), []
+    for _ in range(rounds):
+        g = grad(w)
+        if mem is None:
+            w = w - (1.0 / np.linalg.eigvalsh(H).max()) * (P @ g)
+        else:
+            mem.observe(w, g)
+            eta = mem.step_size(g, 1.0 / np.linalg.eigvalsh(H).max())
+            w, g = mem.minimise(w, g)
+            u = P @ g
+            mem.stepped(g, u, eta)
+            w = w - eta * u
+        e = w - w_star
+        energies.append(float(e @ H @ e))
+    return energies
+
+
+def test_full_memory_with_a_fixed_p_terminates_like_conjugate_gradients():
+    """P = I, d = 12, κ = 10³: CG solves a d-dimensional quadratic in d steps; the
+    loop runs one round behind CG and loses a couple of rounds to round-off at
+    κ = 10³, so d + 4 rounds. Plain GD is nowhere near."""
+    d = 12
+    start = _run(np.eye(d), memory=d, rounds=1)[0]
+    secant = _run(np.eye(d), memory=d, rounds=d + 4)
+    plain = _run(np.eye(d), memory=None, rounds=d + 4)
+    assert secant[-1] / start < 1e-12
+    assert plain[-1] / start > 1e-2
+
+
+def test_a_short_memory_beats_plain_steps_and_more_memory_beats_less():
+    d = 12
+    plain = _run(np.eye(d), memory=None, rounds=60, d=d)
+    one = _run(np.eye(d), memory=1, rounds=60, d=d)
+    five = _run(np.eye(d), memory=5, rounds=60, d=d)
+    assert one[-1] < 0.1 * plain[-1]
+    assert five[-1] < 0.01 * one[-1]
+
+
+def _steps(mem: SecantMemory, grad, w: np.ndarray, directions: list[np.ndarray], eta: float) -> np.ndarray:
+    """Take the given steps w ← w − η·u (no correction), recording each; returns the last w."""
+    for u in directions:
+        mem.observe(w, grad(w))
+        mem.stepped(grad(w), u, eta)
+        w = w - eta * u
+    mem.observe(w, grad(w))
+    return w
+
+
+def test_minimise_lands_on_the_exact_minimiser_over_the_span_and_knows_its_gradient():
+    d = 10
+    H, w_star, grad = _quadratic(d, 100.0, seed=3)
+    rng = np.random.default_rng(4)
+    mem = SecantMemory(5)
+    directions = [rng.standard_normal(d) for _ in range(3)]
+    w = _steps(mem, grad, rng.standard_normal(d), directions, 0.3)
+    w2, g2 = mem.minimise(w, grad(w))
+    np.testing.assert_allclose(g2, grad(w2), atol=1e-10)  # the gradient there, exactly
+    U = np.stack(directions, axis=1)
+    np.testing.assert_allclose(U.T @ g2, 0.0, atol=1e-9)  # stationary over the span
+    a = np.linalg.solve(U.T @ H @ U, -U.T @ grad(w))  # the minimiser over w + span(U), by hand
+    np.testing.assert_allclose(w2, w + U @ a, atol=1e-9)
+
+
+def test_step_size_is_the_exact_minimiser_along_the_last_direction():
+    d = 6
+    H, w_star, grad = _quadratic(d, 50.0, seed=5)
+    mem = SecantMemory(3)
+    w = np.ones(d)
+    assert mem.step_size(grad(w), default=0.7) == 0.7  # no step yet
+    u = np.arange(1.0, d + 1)
+    _steps(mem, grad, w, [u], 2.0)
+    best = (grad(w) @ u) / (u @ H @ u)
+    assert best < 0.7
+    g = grad(w - 2.0 * u)
+    assert mem.step_size(g, default=0.7) == pytest.approx(best, rel=1e-10)
+    assert mem.step_size(g, default=best / 2) == best / 2  # never longer than the caller's η
+
+
+def test_an_overshooting_step_is_undone_at_the_next_round():
+    """A step 100× too long along the gradient: the next round's correction puts w
+    back on the exact minimiser along it."""
+    d = 4
+    H, w_star, grad = _quadratic(d, 10.0, seed=6)
+    mem = SecantMemory(2)
+    w0 = np.zeros(d)
+    g0 = grad(w0)
+    w1 = _steps(mem, grad, w0, [g0], 100.0)
+    w2, _ = mem.minimise(w1, grad(w1))
+    np.testing.assert_allclose(w2, w0 - (g0 @ g0) / (g0 @ H @ g0) * g0, atol=1e-9)
+
+
+def test_memory_is_bounded_and_must_be_positive():
+    H, w_star, grad = _quadratic(5, 10.0, seed=7)
+    mem = SecantMemory(3)
+    _steps(mem, grad, np.zeros(5), list(np.eye(5)) * 2, 0.1)
+    assert len(mem._steps) == 3
+    with pytest.raises(ValueError):
+        SecantMemory(0)
