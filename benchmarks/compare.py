@@ -1,10 +1,12 @@
 """Rounds and bytes to convergence: every method on the bundled scenarios, side by side.
 
-    python benchmarks/compare.py [--out DIR] [--max-rounds N] [--only ill_conditioned,...] [--no-bytes]
+    python benchmarks/compare.py [--out DIR] [--max-rounds N] [--only ill_conditioned,...]
+                                 [--dims 50,500,5000] [--seeds 1,2,3,4]
 
 1. ``fedsigma compare`` on ill_conditioned, non_iid and diabetes (learning rates
-   tuned per method on the grids in scenarios/compare.py), then the criteria of
-   issue 3 on ill_conditioned, each printed PASS/FAIL with its numbers.
+   tuned per method on the grids in scenarios/compare.py, each method then rerun
+   at its tuned value on the further seeds), then the criteria of issue 3 on
+   ill_conditioned, each printed PASS/FAIL with its numbers.
 2. The bytes table: gradcov (low-rank-plus-ridge, rank 20), newton and fedadam
    on scenarios/bytes_family.toml at d = 50, 500, 5000 — uplink bytes to target.
 Everything lands in DIR (default runs/benchmark-compare/), one folder per scenario.
@@ -34,12 +36,15 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=3000, help="round budget of every method")
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--dims", default="50,500,5000", help="bytes-table dimensions ('' to skip)")
+    parser.add_argument("--seeds", default="1,2,3,4", help="further seeds for each scenario's table ('' for none)")
     args = parser.parse_args()
     console = Console(width=130)
     started = time.perf_counter()
     for name in [s for s in args.only.split(",") if s]:
         console.rule(name)
-        rows = compare(name, _all_methods(), [], (args.out / name).resolve(), console, max_rounds=args.max_rounds)
+        seeds = [int(v) for v in args.seeds.split(",") if v]
+        rows = compare(name, _all_methods(), [], (args.out / name).resolve(), console, max_rounds=args.max_rounds,
+                       seeds=seeds)
         if name == "ill_conditioned":
             criteria(rows, load_scenario(name), console)
     dims = [int(d) for d in args.dims.split(",") if d]

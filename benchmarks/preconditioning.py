@@ -11,6 +11,11 @@ Then the probes trade-off: gradcov's rounds and uplink bytes to the target for
 each number of probes per client per round, over several seeds (each seed draws
 new data, partitions and noise), with a plot (``--plot``). More probes shrink
 Σ̂'s sampling error, so fewer rounds, at more bytes per round.
+
+Last, an ablation of the server's secant memory (``training.line_search_memory``:
+0 = plain w − η·P·ḡ steps, 1 = a line search along the last step, 20 = the
+default) on every bundled scenario: how much of the speed is Σ̂ and how much
+is the exact curvature the server reads off its own past steps.
 """
 
 from __future__ import annotations
@@ -46,12 +51,16 @@ def main() -> None:
     parser.add_argument("--probes", default="32,64,128,256", help="probes per client per round ('' to skip)")
     parser.add_argument("--seeds", default="1,2,3,4,5,6,7")
     parser.add_argument("--plot", type=Path, default=Path("docs/probes_tradeoff.png"))
+    parser.add_argument("--memory", default="0,1,20", help="secant memories to compare ('' to skip)")
     args = parser.parse_args()
     console = Console(width=110)
     variants(args, console)
     probes = [int(v) for v in args.probes.split(",") if v]
     if probes:
         probes_tradeoff(args.scenario, probes, [int(v) for v in args.seeds.split(",") if v], args.plot, console)
+    memories = [int(v) for v in args.memory.split(",") if v]
+    if memories:
+        memory_ablation(memories, console)
 
 
 def variants(args: argparse.Namespace, console: Console) -> None:
@@ -136,6 +145,33 @@ def _plot_tradeoff(name: str, medians: dict[int, tuple[float, float]], path: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+ABLATION = {  # scenario name → overrides
+    "quickstart": [],
+    "ill_conditioned": [],
+    "non_iid": [],
+    "diabetes": [],
+    "bytes_family (d = 500, rank 20)": ["data.dim=500"],
+}
+
+
+def memory_ablation(memories: list[int], console: Console) -> None:
+    """gradcov's rounds to target for each secant memory, on every bundled scenario."""
+    table = Table(title="gradcov rounds to target by training.line_search_memory (0 = plain steps)")
+    table.add_column("scenario")
+    for m in memories:
+        table.add_column(f"memory {m}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, sets in ABLATION.items():
+            cells = [label]
+            for m in memories:
+                out = Path(tmp) / f"{len(table.rows)}-{m}"
+                run_engine(load_scenario(label.split()[0], sets + [f"training.line_search_memory={m}"]), out)
+                summary = json.loads((out / "summary.json").read_text())
+                cells.append(str(summary["rounds_to_target"] or f"{summary['status']} ({summary['rounds_run']})"))
+            table.add_row(*cells)
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--engine", choices=ENGINES)
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp_.add_argument("--max-rounds", type=int, help="round budget of every method (default: stop.max_rounds)")
+    cmp_.add_argument("--seeds", default="", metavar="S1,S2,…",
+                      help="also rerun each method at its tuned value on these seeds (new data, partitions, "
+                           "noise, sampling) and report the spread of rounds to target")
     cmp_.add_argument("--out", type=Path, help="default: runs/compare-<scenario>-<timestamp>/")
     cmp_.set_defaults(func=cmd_compare)
     rep = sub.add_parser("reproduce", help="test the paper's claims: figures, report.md and a verdict per claim")
@@ -108,7 +111,14 @@ def cmd_compare(args, console: Console) -> int:
     if args.max_rounds is not None and args.max_rounds < 1:
         raise ScenarioError("--max-rounds: must be ≥ 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    compare(args.scenario, methods, overrides, out, console, max_rounds=args.max_rounds)
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise ScenarioError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers; "
+                            "e.g. --seeds 1,2,3") from None
+    if any(not 0 <= sd < 2**63 for sd in seeds):
+        raise ScenarioError("--seeds: every seed must be in [0, 2^63)")
+    compare(args.scenario, methods, overrides, out, console, max_rounds=args.max_rounds, seeds=seeds)
     console.print(f"comparison.csv, comparison.png and every run's folder → {out}", highlight=False)
     return 0
 

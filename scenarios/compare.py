@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ COLUMNS = (
     "method", "rounds_to_target", "bytes_up_to_target", "bytes_down_to_target",
     "local_gradient_evals_to_target", "final_excess_risk", "wall_seconds", "learning_rate",
     "local_learning_rate", "tuned_parameter", "tuned_grid", "run_dir",
+    "seeds", "rounds_to_target_by_seed", "rounds_to_target_median",
 )
 
 
@@ -83,8 +85,14 @@ def compare(
     out: Path,
     console: Console,
     max_rounds: int | None = None,
+    seeds: list[int] | None = None,
 ) -> list[dict]:
-    """Run every method over its grid; write comparison.csv/.png; return the table rows."""
+    """Run every method over its grid; write comparison.csv/.png; return the table rows.
+
+    ``seeds``: further seeds (new data, partitions, noise and sampling) on which
+    each method reruns at its tuned value, so the table shows the spread of
+    rounds to target and not one draw's luck.
+    """
     from scenarios.cli import run_engine  # the same entry the `run` command uses
 
     unknown = [m for m in methods if m not in METHODS]
@@ -95,6 +103,8 @@ def compare(
     _, oracle = oracle_for(base)
     best: dict[str, Outcome] = {}
     tried_values: dict[str, list[float]] = {}
+    by_seed: dict[str, list[int | None]] = {}  # rounds to target, the scenario's seed first
+    extra = [sd for sd in dict.fromkeys(seeds or []) if sd != base.seed]
     for method in methods:
         key, grid, relative = GRIDS[method]
         sets = [*overrides, *GRADCOV_VARIANTS.get(method, []), f"stop.max_rounds={budget}"]
@@ -134,8 +144,21 @@ def compare(
         if tried:
             best[method] = min(tried, key=Outcome.rank)
             tried_values[method] = sorted(o.value for o in tried)
+            by_seed[method] = [best[method].reached]
+            for seed in extra:
+                run_dir = out / method / f"seed-{seed}"
+                console.print(f"  {method:<22} seed {seed} …", end="", highlight=False)
+                try:
+                    run_engine(load_scenario(scenario_ref, [*sets, f"training.{key}={best[method].value!r}",
+                                                            f"seed={seed}"]), run_dir, method)
+                    reached = json.loads((run_dir / "summary.json").read_text())["rounds_to_target"]
+                except Exception as exc:  # noqa: BLE001 — counted as not reached, and said
+                    console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
+                    reached = None
+                console.print(f" {reached or '-'} rounds", highlight=False)
+                by_seed[method].append(reached)
     rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out,
-                 tried_values[o.method]) for o in best.values()]
+                 tried_values[o.method], [base.seed, *extra], by_seed[o.method]) for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
     _write_csv(out / "comparison.csv", rows)
     (out / "comparison.md").write_text(markdown_table(rows, base.stop.target, budget))
@@ -144,7 +167,8 @@ def compare(
     return rows
 
 
-def _row(o: Outcome, scenario, out: Path, values: list[float]) -> dict:
+def _row(o: Outcome, scenario, out: Path, values: list[float], seeds: list[int],
+         reached: list[int | None]) -> dict:
     key = GRIDS[o.method][0]
     hit = next((r for r in o.rows if o.reached and int(r["round"]) == o.reached), None)
     per = evals_per_client(scenario, o.method)
@@ -162,7 +186,25 @@ def _row(o: Outcome, scenario, out: Path, values: list[float]) -> dict:
         "tuned_parameter": f"training.{key}",
         "tuned_grid": " ".join(f"{v:.4g}" for v in values),
         "run_dir": str(o.out.relative_to(out)),
+        "seeds": " ".join(map(str, seeds)),
+        "rounds_to_target_by_seed": " ".join(str(r) if r else "-" for r in reached),
+        "rounds_to_target_median": _median(reached),
     }
+
+
+def _median(reached: list[int | None]) -> float | str:
+    """Median rounds to target over seeds, a seed that missed counting as ∞; "" if that is ∞."""
+    middle = statistics.median(r if r else math.inf for r in reached)
+    return middle if math.isfinite(middle) else ""
+
+
+def spread(row: dict) -> str:
+    """'median (min–max)' of rounds over seeds, '> budget' parts where seeds missed."""
+    values = [int(v) if v != "-" else math.inf for v in str(row["rounds_to_target_by_seed"]).split()]
+    med = row["rounds_to_target_median"]
+    low, high = min(values), max(values)
+    return (f"{float(med):g}" if med != "" else "not reached") + (
+        f" ({low:g}–{high:g})" if math.isfinite(high) else f" ({low:g}–∞)" if math.isfinite(low) else "")
 
 
 def markdown_table(rows: list[dict], target: float, budget: int) -> str:
@@ -170,15 +212,19 @@ def markdown_table(rows: list[dict], target: float, budget: int) -> str:
     def num(v):
         return f"{v:,}" if v not in ("", None) else "—"
 
+    several = any(len(str(r["seeds"]).split()) > 1 for r in rows)
+    seeds_head = f" rounds over seeds {rows[0]['seeds']}: median (min–max) |" if several and rows else ""
     lines = [
-        f"| method | rounds to {target:g} | uplink bytes | downlink bytes | gradient evals | final risk | tuned |",
-        "|---|---|---|---|---|---|---|",
+        f"| method | rounds to {target:g} |{seeds_head} uplink bytes | downlink bytes | gradient evals | "
+        "final risk | tuned |",
+        "|---|---|" + ("---|" if seeds_head else "") + "---|---|---|---|---|",
     ]
     for r in rows:
         local = r["tuned_parameter"].endswith("local_learning_rate")
         lr = r["local_learning_rate"] if local else r["learning_rate"]
+        over = f" {spread(r)} |" if seeds_head else ""
         lines.append(
-            f"| {r['method']} | {r['rounds_to_target'] or f'> {budget}'} | {num(r['bytes_up_to_target'])} | "
+            f"| {r['method']} | {r['rounds_to_target'] or f'> {budget}'} |{over} {num(r['bytes_up_to_target'])} | "
             f"{num(r['bytes_down_to_target'])} | {num(r['local_gradient_evals_to_target'])} | "
             f"{r['final_excess_risk']:.1e} | {'local η' if local else 'η'} = {lr:.3g} ({r['tuned_grid']}) |"
         )
@@ -238,12 +284,14 @@ def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> No
 
 def _print(rows: list[dict], console: Console, target: float, budget: int) -> None:
     table = Table(title=f"rounds to {target:g} (budget {budget} rounds), sorted by rounds")
-    for col in ("method", "rounds", "uplink bytes", "downlink bytes", "grad evals", "final risk", "tuned"):
+    several = any(len(str(r["seeds"]).split()) > 1 for r in rows)
+    for col in ("method", "rounds", *(("over seeds",) if several else ()), "uplink bytes", "downlink bytes",
+                "grad evals", "final risk", "tuned"):
         table.add_column(col)
     for r in rows:
         lr = r["local_learning_rate"] if r["tuned_parameter"].endswith("local_learning_rate") else r["learning_rate"]
         table.add_row(
-            r["method"], str(r["rounds_to_target"] or "not reached"),
+            r["method"], str(r["rounds_to_target"] or "not reached"), *((spread(r),) if several else ()),
             f"{r['bytes_up_to_target']:,}" if r["bytes_up_to_target"] != "" else "",
             f"{r['bytes_down_to_target']:,}" if r["bytes_down_to_target"] != "" else "",
             f"{r['local_gradient_evals_to_target']:,}" if r["local_gradient_evals_to_target"] != "" else "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from _support import write_scenario
@@ -79,3 +80,32 @@ def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
     assert main(["compare", "quickstart", "--methods", "gradcov,sgdx", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--methods" in err[0] and "sgdx" in err[0]
+
+
+def test_seeds_rerun_each_method_at_its_tuned_value(tmp_path):
+    """--seeds 3,4: each method reruns at its tuned η on seeds 3 and 4; the table lists
+    rounds per seed (the scenario's seed 2 first) and their median, and a seed's
+    number is the one `fedsigma run` gives for that seed at that η."""
+    scenario = write_scenario(tmp_path / "small.toml", SMALL)
+    out = tmp_path / "out"
+    assert main(["compare", str(scenario), "--methods", "gradcov,oracle", "--seeds", "3,4,2",
+                 "--out", str(out)]) == 0
+    with (out / "comparison.csv").open(newline="") as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle)}
+    gradcov = rows["gradcov"]
+    assert gradcov["seeds"] == "2 3 4"
+    by_seed = [int(v) for v in gradcov["rounds_to_target_by_seed"].split()]
+    assert by_seed[0] == int(gradcov["rounds_to_target"])
+    assert float(gradcov["rounds_to_target_median"]) == sorted(by_seed)[1]
+    direct = tmp_path / "direct"
+    assert main(["run", str(scenario), "--set", "seed=4", "--set", f"training.learning_rate={gradcov['learning_rate']}",
+                 "--out", str(direct)]) == 0
+    assert json.loads((direct / "summary.json").read_text())["rounds_to_target"] == by_seed[2]
+    assert (out / "gradcov" / "seed-3" / "rounds.csv").is_file()
+    assert "median (min–max)" in (out / "comparison.md").read_text()
+
+
+def test_bad_seeds_are_a_one_line_error(tmp_path, capsys):
+    assert main(["compare", "quickstart", "--seeds", "1,x", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds" in err[0]
