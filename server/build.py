@@ -60,8 +60,8 @@ def resolve_learning_rates(
     """(server η, client local η), resolving 'auto'.
 
     With a preconditioner P·Σ ≈ I: auto η = 1 when the server sees exact
-    gradients (every client, full local data, clean targets, no local steps),
-    where the line search corrects any overshooting step, else 0.5; the exact oracle
+    gradients (every client, full local data, clean targets, no local steps) and
+    the server's secant memory is on, for it corrects any overshooting step; else 0.5; the exact oracle
     and Newton take 1. Without a preconditioner the only safe scale is
     1/λ_max(Σ): auto takes it from the oracle (the best case for plain FedSGD
     and local steps); Flower's adaptive strategies keep their server η = 0.1.
@@ -78,7 +78,7 @@ def resolve_learning_rates(
 
     pre = uses_preconditioner(scenario, method)
     exact = (scenario.clients.fraction >= 1.0 and train.gradient == "full" and not train.noisy_targets
-             and train.local_steps == 0)
+             and train.local_steps == 0 and train.line_search_memory > 0)
     if train.learning_rate != "auto":
         server = float(train.learning_rate)
     elif method in ("oracle", "newton"):

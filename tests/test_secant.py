@@ -1,5 +1,7 @@
 """SecantMemory: exact curvature along past steps of a quadratic, from gradient changes."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,28 @@ def test_memory_is_bounded_and_must_be_positive():
     assert len(mem._steps) == 3
     with pytest.raises(ValueError):
         SecantMemory(0)
+
+
+def test_auto_step_is_one_only_when_the_secant_memory_can_undo_an_overshoot():
+    from scenarios.loader import load_scenario
+    from server.build import oracle_for, resolve_learning_rates
+
+    with_memory = load_scenario("quickstart")
+    without = load_scenario("quickstart", ["training.line_search_memory=0"])
+    assert resolve_learning_rates(with_memory, oracle_for(with_memory)[1])[0] == 1.0
+    assert resolve_learning_rates(without, oracle_for(without)[1])[0] == 0.5
+
+
+def test_the_memory_pays_off_with_a_rough_low_rank_p(tmp_path):
+    """bytes_family at d = 200 (rank-20 P from 800 probes): 20 remembered steps reach
+    the target in fewer rounds than a line search along the last step alone."""
+    from scenarios.cli import main
+
+    rounds = {}
+    for memory in (1, 20):
+        out = tmp_path / str(memory)
+        assert main(["run", "bytes_family", "--set", "data.dim=200", "--set", f"training.line_search_memory={memory}",
+                     "--out", str(out)]) == 0
+        rounds[memory] = json.loads((out / "summary.json").read_text())["rounds_to_target"]
+    assert rounds[1] is not None and rounds[20] is not None
+    assert rounds[20] < rounds[1], rounds
