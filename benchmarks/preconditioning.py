@@ -157,17 +157,23 @@ ABLATION = {  # scenario name → overrides
 
 
 def memory_ablation(memories: list[int], console: Console) -> None:
-    """gradcov's rounds to target for each secant memory, on every bundled scenario."""
+    """gradcov's rounds to target for each secant memory, on every bundled scenario.
+    Memory 0 runs twice: at its auto η (0.5, as nothing undoes an overshoot) and at η = 1."""
+    columns = []
+    for m in memories:
+        columns.append((f"memory {m}" + (" (auto η = 0.5)" if m == 0 else ""), [f"training.line_search_memory={m}"]))
+        if m == 0:
+            columns.append(("memory 0, η = 1", ["training.line_search_memory=0", "training.learning_rate=1.0"]))
     table = Table(title="gradcov rounds to target by training.line_search_memory (0 = plain steps)")
     table.add_column("scenario")
-    for m in memories:
-        table.add_column(f"memory {m}")
+    for label, _ in columns:
+        table.add_column(label)
     with tempfile.TemporaryDirectory() as tmp:
-        for label, sets in ABLATION.items():
-            cells = [label]
-            for m in memories:
-                out = Path(tmp) / f"{len(table.rows)}-{m}"
-                run_engine(load_scenario(label.split()[0], sets + [f"training.line_search_memory={m}"]), out)
+        for name, sets in ABLATION.items():
+            cells = [name]
+            for i, (_, extra) in enumerate(columns):
+                out = Path(tmp) / f"{len(table.rows)}-{i}"
+                run_engine(load_scenario(name.split()[0], sets + extra), out)
                 summary = json.loads((out / "summary.json").read_text())
                 cells.append(str(summary["rounds_to_target"] or f"{summary['status']} ({summary['rounds_run']})"))
             table.add_row(*cells)
