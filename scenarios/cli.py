@@ -136,7 +136,10 @@ def cmd_show(args, console: Console) -> int:
 
 
 def cmd_run(args, console: Console) -> int:
-    overrides = list(args.overrides)
+    from server.build import GRADCOV_VARIANTS
+
+    # a variant's own settings first (gradcov-uncalibrated: c = 0), so the user's --set wins
+    overrides = [*GRADCOV_VARIANTS.get(args.method, []), *args.overrides]
     if args.engine:
         overrides.append(f'engine="{args.engine}"')
     scenario = load_scenario(args.scenario, overrides)

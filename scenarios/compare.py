@@ -105,6 +105,9 @@ def compare(
     tried_values: dict[str, list[float]] = {}
     by_seed: dict[str, list[int | None]] = {}  # rounds to target, the scenario's seed first
     extra = [sd for sd in dict.fromkeys(seeds or []) if sd != base.seed]
+    if seeds and len(extra) < len(seeds):
+        console.print(f"  seeds: {' '.join(map(str, extra)) or 'none'} besides the scenario's own seed "
+                      f"{base.seed} (repeats dropped)", highlight=False)
     for method in methods:
         key, grid, relative = GRIDS[method]
         sets = [*overrides, *GRADCOV_VARIANTS.get(method, []), f"stop.max_rounds={budget}"]
@@ -144,19 +147,9 @@ def compare(
         if tried:
             best[method] = min(tried, key=Outcome.rank)
             tried_values[method] = sorted(o.value for o in tried)
-            by_seed[method] = [best[method].reached]
-            for seed in extra:
-                run_dir = out / method / f"seed-{seed}"
-                console.print(f"  {method:<22} seed {seed} …", end="", highlight=False)
-                try:
-                    run_engine(load_scenario(scenario_ref, [*sets, f"training.{key}={best[method].value!r}",
-                                                            f"seed={seed}"]), run_dir, method)
-                    reached = json.loads((run_dir / "summary.json").read_text())["rounds_to_target"]
-                except Exception as exc:  # noqa: BLE001 — counted as not reached, and said
-                    console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
-                    reached = None
-                console.print(f" {reached or '-'} rounds", highlight=False)
-                by_seed[method].append(reached)
+            multiple = best[method].value / auto if relative else None
+            by_seed[method] = [best[method].reached, *_rerun_on_seeds(
+                scenario_ref, sets, method, key, best[method].value, multiple, extra, out, console)]
     rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out,
                  tried_values[o.method], [base.seed, *extra], by_seed[o.method]) for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
@@ -167,8 +160,35 @@ def compare(
     return rows
 
 
+def _rerun_on_seeds(scenario_ref: str, sets: list[str], method: str, key: str, value: float,
+                    multiple: float | None, seeds: list[int], out: Path, console: Console) -> list[int | str | None]:
+    """Rounds to target of one method rerun at its tuned value on each seed: None if
+    not reached, "failed" if the run raised. A value tuned as a multiple of 1/λ_max
+    keeps the multiple and takes each seed's own λ_max (its data differ)."""
+    from scenarios.cli import run_engine
+
+    results: list[int | str | None] = []
+    for seed in seeds:
+        run_dir = out / method / f"seed-{seed}"
+        console.print(f"  {method:<22} seed {seed} …", end="", highlight=False)
+        try:
+            scenario = load_scenario(scenario_ref, [*sets, f"seed={seed}"])
+            if multiple is not None:
+                index = 0 if key == "learning_rate" else 1
+                value = multiple * resolve_learning_rates(scenario, oracle_for(scenario)[1], method)[index]
+            run_engine(load_scenario(scenario_ref, [*sets, f"seed={seed}", f"training.{key}={value!r}"]),
+                       run_dir, method)
+            reached = json.loads((run_dir / "summary.json").read_text())["rounds_to_target"]
+            console.print(f" {reached or '-'} rounds", highlight=False)
+        except Exception as exc:  # noqa: BLE001 — one failed seed must not end the comparison
+            console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
+            reached = "failed"
+        results.append(reached)
+    return results
+
+
 def _row(o: Outcome, scenario, out: Path, values: list[float], seeds: list[int],
-         reached: list[int | None]) -> dict:
+         reached: list[int | str | None]) -> dict:
     key = GRIDS[o.method][0]
     hit = next((r for r in o.rows if o.reached and int(r["round"]) == o.reached), None)
     per = evals_per_client(scenario, o.method)
@@ -187,24 +207,34 @@ def _row(o: Outcome, scenario, out: Path, values: list[float], seeds: list[int],
         "tuned_grid": " ".join(f"{v:.4g}" for v in values),
         "run_dir": str(o.out.relative_to(out)),
         "seeds": " ".join(map(str, seeds)),
-        "rounds_to_target_by_seed": " ".join(str(r) if r else "-" for r in reached),
+        "rounds_to_target_by_seed": " ".join(str(r) if r else "-" for r in reached),  # "failed" stays
         "rounds_to_target_median": _median(reached),
     }
 
 
-def _median(reached: list[int | None]) -> float | str:
-    """Median rounds to target over seeds, a seed that missed counting as ∞; "" if that is ∞."""
-    middle = statistics.median(r if r else math.inf for r in reached)
-    return middle if math.isfinite(middle) else ""
+def _median(reached: list[int | str | None]) -> float | int | str:
+    """Median rounds to target over seeds, a seed that missed or failed counting as ∞;
+    "" if that is ∞."""
+    middle = statistics.median(r if isinstance(r, int) else math.inf for r in reached)
+    if not math.isfinite(middle):
+        return ""
+    return int(middle) if float(middle).is_integer() else middle
+
+
+def _count(value: float) -> str:
+    """A number of rounds: whole numbers as integers, ∞ for a miss."""
+    if not math.isfinite(value):
+        return "∞"
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def spread(row: dict) -> str:
-    """'median (min–max)' of rounds over seeds, '> budget' parts where seeds missed."""
-    values = [int(v) if v != "-" else math.inf for v in str(row["rounds_to_target_by_seed"]).split()]
+    """'median (min–max)' of rounds over seeds; a seed that missed or failed counts as ∞."""
+    values = [int(v) if v.isdigit() else math.inf for v in str(row["rounds_to_target_by_seed"]).split()]
     med = row["rounds_to_target_median"]
     low, high = min(values), max(values)
-    return (f"{float(med):g}" if med != "" else "not reached") + (
-        f" ({low:g}–{high:g})" if math.isfinite(high) else f" ({low:g}–∞)" if math.isfinite(low) else "")
+    head = _count(float(med)) if med != "" else "not reached"
+    return head + (f" ({_count(low)}–{_count(high)})" if math.isfinite(low) else "")
 
 
 def markdown_table(rows: list[dict], target: float, budget: int) -> str:

@@ -118,8 +118,7 @@ def strategy_for(scenario: Scenario, method: str = "gradcov", oracle: LeastSquar
         local_steps=train.local_steps,
         local_learning_rate=local_lr,
         seed=scenario.seed,
-        line_search=train.line_search_memory > 0,
-        line_search_memory=max(train.line_search_memory, 1),
+        line_search_memory=train.line_search_memory,
     )
     if method == "oracle":
         if oracle is None:

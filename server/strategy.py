@@ -66,13 +66,14 @@ class GradCovStrategy(Strategy):
     seed : int
         Seeds client sampling: the same seed samples the same positions in the
         grid's node list every run.
-    line_search : bool
-        With exact gradients (all clients, full local data, clean targets),
-        move each round to the exact minimiser over the last
-        ``line_search_memory`` steps, and size the next step exactly along the
-        previous one, from the gradient changes the steps caused
-        (:class:`shared.secant.SecantMemory`; no extra messages). With a fixed P
-        this is preconditioned conjugate gradients.
+    line_search_memory : int
+        With exact gradients (every sampled client replied, full local data,
+        clean targets), move each round to the exact minimiser over the last
+        this many steps, and size the next step along the previous one, from the
+        gradient changes the steps caused (:class:`shared.secant.SecantMemory`;
+        no extra messages). While the rounds so far fit in the memory and P is
+        fixed, this is preconditioned conjugate gradients. 0 = plain steps
+        w − η·P·ḡ.
     rank : int or None
         None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
         sketch of 2r + ``sketch_oversample`` columns and P applied with the
@@ -104,7 +105,6 @@ class GradCovStrategy(Strategy):
         local_steps: int = 0,
         local_learning_rate: float = 0.5,
         seed: int = 0,
-        line_search: bool = True,
         line_search_memory: int = 20,
         rank: int | None = None,
         sketch_oversample: int = 10,
@@ -144,8 +144,9 @@ class GradCovStrategy(Strategy):
         self._version = 0  # bumped whenever P changes, to resend it to clients that use it
         self._sent: dict[int, int] = {}
         self._weights = np.zeros(dim)
-        self.line_search = line_search
-        self.secant = SecantMemory(min(line_search_memory, dim))
+        self.line_search_memory = line_search_memory
+        self.secant = SecantMemory(min(line_search_memory, dim)) if line_search_memory > 0 else None
+        self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
 
     # -- what callers read -------------------------------------------------
     @property
@@ -240,7 +241,12 @@ class GradCovStrategy(Strategy):
         if self.local_steps > 0:
             new = self._weights + mean
         elif self._exact_gradients():
-            # exact quadratic: correct over the past steps and size the step from them
+            # exact quadratic: correct over the past steps and size the step from them.
+            # Gradient differences are Σ·step only for the same set of clients: when a node
+            # fails (or comes back) ḡ is another quadratic's gradient, so start a new memory
+            repliers = tuple(int(r.content[p.METRICS][p.PARTITION_ID]) for r in valid)
+            if repliers != self._repliers:
+                self.secant, self._repliers = SecantMemory(self.secant.memory), repliers
             self.secant.observe(self._weights, mean)
             eta = self.secant.step_size(mean, self.learning_rate)
             start, mean = self.secant.minimise(self._weights, mean)
@@ -258,7 +264,7 @@ class GradCovStrategy(Strategy):
         """Whether ḡ is the exact gradient of the federation's quadratic loss (every
         client, full local data, clean targets), so gradient differences reveal Σ."""
         return (
-            self.line_search and self.precondition and self.fraction_train >= 1.0
+            self.secant is not None and self.precondition and self.fraction_train >= 1.0
             and self.train_gradient == "full" and not self.noisy_targets
         )
 

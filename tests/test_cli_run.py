@@ -37,6 +37,18 @@ def test_run_writes_the_whole_results_folder(tmp_path, capsys):
     assert "rounds to 1e-06" in capsys.readouterr().out
 
 
+def test_run_method_applies_the_variants_settings_and_set_still_wins(tmp_path):
+    """`run --method gradcov-uncalibrated` is the same run as `compare`'s: c = 0."""
+    out = tmp_path / "u"
+    assert main(["run", "quickstart", "--method", "gradcov-uncalibrated", "--out", str(out),
+                 "--set", "stop.max_rounds=3"]) == 0
+    assert json.loads((out / "summary.json").read_text())["scenario"]["protocol"]["calibration"] == 0
+    out = tmp_path / "u2"
+    assert main(["run", "quickstart", "--method", "gradcov-uncalibrated", "--out", str(out),
+                 "--set", "stop.max_rounds=3", "--set", "protocol.calibration=0.5"]) == 0
+    assert json.loads((out / "summary.json").read_text())["scenario"]["protocol"]["calibration"] == 0.5
+
+
 def test_ill_conditioned_method_within_60_rounds_and_fedsgd_over_100x(tmp_path):
     """The core claim, on the bundled scenario: ≤ 60 rounds with Σ̂, ≥ 100× that without."""
     fast = tmp_path / "gradcov"
@@ -87,6 +99,28 @@ def test_a_failing_client_is_counted_and_the_run_goes_on(tmp_path):
     assert len(rows) == 5
     assert {r["clients_failed"] for r in rows} == {"1"} and {r["clients_replied"] for r in rows} == {"3"}
     assert float(rows[-1]["excess_risk"]) < float(rows[0]["excess_risk"])
+
+
+def test_a_client_failing_once_does_not_poison_the_secant_memory(tmp_path):
+    """Partition 2 fails in round 3 only. ḡ of that round is another quadratic's
+    gradient, so the server starts a new memory then and again when the node is
+    back; the risk then falls every round to 1e-14 (a memory mixing the two
+    quadratics stalls and rises for a few rounds)."""
+    from client.client_app import app as real
+
+    def once(msg, context):
+        if (context.node_config["partition-id"] == 2 and msg.metadata.message_type == "train"
+                and msg.metadata.group_id == "3"):
+            raise RuntimeError("disk on fire")
+        return real(msg, context)
+
+    scenario = write_scenario(tmp_path / "s.toml", "[clients]\ncount = 4\n[stop]\nmax_rounds = 40\ntarget = 1e-14\n")
+    run_inline_scenario(scenario, tmp_path / "out", client_app=once)
+    rows = read_rounds_raw(tmp_path / "out" / "rounds.csv")
+    assert [r["clients_failed"] for r in rows[:4]] == ["0", "0", "1", "0"]
+    risk = [float(r["excess_risk"]) for r in rows]
+    assert risk[-1] <= 1e-14
+    assert all(b < a for a, b in zip(risk[3:], risk[4:])), risk
 
 
 def test_an_interrupted_run_keeps_finished_rounds(tmp_path):

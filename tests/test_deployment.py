@@ -159,7 +159,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
     mark, out = uuid.uuid4().hex, tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "scenarios.cli", "run", "quickstart", "--engine", "deployment", "--out", str(out),
-         *QUICK, "--set", "stop.max_rounds=40"], env={**os.environ, MARK: mark}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         *QUICK, "--set", "stop.max_rounds=40", "--set", "stop.target=1e-300"], env={**os.environ, MARK: mark}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 60
