@@ -140,9 +140,10 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
         "it (`--set protocol.probes=… preconditioner.warmup_gradients=K preconditioner.refresh_every=1000000`), "
         f"at most {cap} rounds. Against: the oracle P = Σ⁻¹ (`method = oracle`, which only a simulator can run), "
         "the scenario's own defaults (probes every round, P refreshed every round after a 10·d warm-up) and plain "
-        "FedSGD (P = I) with the oracle-tuned step 1/λ_max. Every run uses the engine's own step rule (auto η; at "
-        "the time of this run the strategy also corrects each preconditioned step by an exact line search from "
-        "gradient differences when it sees exact gradients). Rounds count until the relative excess risk ≤ "
+        "FedSGD (P = I) with the oracle-tuned step 1/λ_max. Every run uses the engine's own step rule: auto η "
+        "and, with P and exact gradients, the server's secant memory (`training.line_search_memory`, "
+        "`shared/secant.py`), which moves to the exact minimiser over its last steps from gradient differences. "
+        "Rounds count until the relative excess risk ≤ "
         f"{target:g}, the rounds spent collecting probes included."
     )
     return Experiment(
