@@ -98,7 +98,7 @@ def gradcov_round(msg: Message, context: Context) -> Message:
         if probes > 0:
             probe = probe_gradients(
                 oracle, w, X, y, batch_size=n, probes=probes, multipliers=levels,
-                natural_var=natural, rng=rng,
+                natural_var=natural, rng=rng, label_clip=float(cfg.get(p.LABEL_CLIP, 0.0)),
             )
         else:
             probe = np.zeros((0, 0, len(w)))

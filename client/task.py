@@ -80,19 +80,22 @@ def probe_gradients(
     multipliers: list[float],
     natural_var: float,
     rng: np.random.Generator,
+    label_clip: float = 0.0,
 ) -> np.ndarray:
     """Calibrated probe gradients of shape (levels, probes, d).
 
     Each probe is an n-row batch drawn without replacement from the N local
     rows, with fresh Gaussian noise of the level's injected variance added to
-    its targets (see :mod:`shared.calibration`).
+    its targets (see :mod:`shared.calibration`). ``label_clip`` = B > 0 clips
+    the targets to [−B, B] first, which bounds what one label can change.
     """
     rows = len(X)
     inj = injected_variances(multipliers, batch_size, rows, natural_var)
     levels = len(inj)
     idx = np.stack([rng.choice(rows, batch_size, replace=False) for _ in range(levels * probes)])
     noise = rng.standard_normal(idx.shape) * np.sqrt(np.repeat(inj, probes))[:, None]
-    grads = oracle.gradients(w, X[idx], y[idx] + noise)
+    targets = np.clip(y[idx], -label_clip, label_clip) if label_clip > 0 else y[idx]
+    grads = oracle.gradients(w, X[idx], targets + noise)
     return grads.reshape(levels, probes, -1)
 
 

@@ -103,6 +103,11 @@ class Protocol(_Section):
     )
     differential: bool = Field(False, description="two noise levels, cancels δ-bias and σ₀²")
     differential_low: float = Field(0.25, ge=0.0, lt=1.0, description="low level = this·c·n")
+    label_clip: float | None = Field(
+        None, gt=0.0,
+        description="B: probes use targets clipped to [−B, B], so each is a μ = 2B/σ_inj Gaussian "
+                    "mechanism on the labels (shared.privacy); None = no clipping",
+    )
 
     @model_validator(mode="after")
     def _differential_needs_noise(self) -> Protocol:

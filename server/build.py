@@ -139,5 +139,6 @@ def strategy_for(scenario: Scenario, method: str = "gradcov", oracle: LeastSquar
             warmup_gradients=pre.warmup_gradients,
             rank=pre.rank,
             max_gradients=pre.max_gradients,
+            label_clip=proto.label_clip,
         )
     return strategy, ConfigRecord(), lr, local_lr

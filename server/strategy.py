@@ -81,6 +81,10 @@ class GradCovStrategy(Strategy):
     max_gradients : int or None
         Stop asking for probes once this many are pooled (saves uplink bytes);
         None probes every round.
+    label_clip : float or None
+        B: clients clip probe targets to [−B, B] before adding noise, so each
+        probe is a μ = 2B/σ_inj Gaussian mechanism on the labels. The training
+        gradient keeps the raw targets. None: no clipping.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class GradCovStrategy(Strategy):
         rank: int | None = None,
         sketch_oversample: int = 10,
         max_gradients: int | None = None,
+        label_clip: float | None = None,
     ) -> None:
         self.dim = dim
         self.learning_rate = learning_rate
@@ -132,6 +137,7 @@ class GradCovStrategy(Strategy):
         self.local_learning_rate = local_learning_rate
         self.seed = seed
         self.max_gradients = max_gradients
+        self.label_clip = label_clip
         self.rank = rank
         if rank is None:
             self.pool = CovariancePool(dim, len(self.noise_levels))
@@ -197,6 +203,7 @@ class GradCovStrategy(Strategy):
         cfg[p.PROBES] = 0 if done else self.probes
         cfg[p.NOISE_LEVELS] = [float(c) for c in self.noise_levels]
         cfg[p.NATURAL_VAR] = float(self.natural_var)
+        cfg[p.LABEL_CLIP] = float(self.label_clip or 0.0)
         cfg[p.TRAIN_GRADIENT] = self.train_gradient
         cfg[p.NOISY_TARGETS] = self.noisy_targets
         cfg[p.LOCAL_STEPS] = self.local_steps

@@ -26,6 +26,7 @@ BATCH_SIZE = "batch-size"
 PROBES = "probes"
 NOISE_LEVELS = "noise-levels"
 NATURAL_VAR = "noise-var"
+LABEL_CLIP = "label-clip"  # B > 0 clips probe targets to [−B, B]; 0 = none
 TRAIN_GRADIENT = "train-gradient"
 NOISY_TARGETS = "noisy-targets"
 LOCAL_STEPS = "local-steps"

@@ -50,3 +50,45 @@ def test_max_advantage_is_the_total_variation_of_two_unit_gaussians():
     best = (b > mu / 2).mean() - (a > mu / 2).mean()  # the likelihood-ratio threshold
     assert best == pytest.approx(max_advantage(mu), abs=0.01)
     assert max_advantage(0.0) == 0.0 and max_advantage(math.inf) == 1.0
+
+
+def test_label_clip_clips_probe_targets_only_and_reaches_the_clients(tmp_path):
+    """protocol.label_clip = B: the probes are those of targets clipped to [−B, B]
+    (same batches and noise), and the strategy sends B to every client."""
+    from client.client_app import gradient_oracle
+    from client.task import probe_gradients
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((200, 5)), 3.0 * rng.standard_normal(200)
+    w = rng.standard_normal(5)
+    kwargs = dict(batch_size=16, probes=4, multipliers=[1.0], natural_var=0.0)
+    oracle = gradient_oracle(5)
+    clipped = probe_gradients(oracle, w, X, y, rng=np.random.default_rng(1), label_clip=1.5, **kwargs)
+    by_hand = probe_gradients(oracle, w, X, np.clip(y, -1.5, 1.5), rng=np.random.default_rng(1), **kwargs)
+    raw = probe_gradients(oracle, w, X, y, rng=np.random.default_rng(1), **kwargs)
+    np.testing.assert_allclose(clipped, by_hand, rtol=1e-12, atol=1e-12)
+    assert np.abs(clipped - raw).max() > 1e-3
+
+    from _support import run_inline_scenario, write_scenario
+
+    from client.client_app import app as real
+    from shared import protocol
+
+    seen = set()
+
+    def spy(msg, context):
+        if msg.metadata.message_type == "train":
+            seen.add(float(msg.content["config"][protocol.LABEL_CLIP]))
+        return real(msg, context)
+
+    scenario = write_scenario(tmp_path / "s.toml", "[protocol]\nlabel_clip = 2.0\n[stop]\nmax_rounds = 2\n")
+    run_inline_scenario(scenario, tmp_path / "out", client_app=spy)
+    assert seen == {2.0}
+
+
+def test_label_clip_must_be_positive(tmp_path, capsys):
+    from scenarios.cli import main
+
+    assert main(["run", "quickstart", "--set", "protocol.label_clip=0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "protocol.label_clip" in err[0]

@@ -165,8 +165,8 @@ def label_privacy(quick: bool, out: Path) -> Experiment:
     setting = (
         f"The ill_conditioned scenario: n = {n}, c = {fmt(c)}, {rows} rows a client, natural σ₀² = {natural}, so each "
         f"label gets injected noise of variance σ_inj² = c·n − f·σ₀² = {fmt(injected)}. With labels clipped to "
-        f"|y| ≤ B = {fmt(bound)} a probe gradient is a Gaussian mechanism on the labels: μ = 2B/σ_inj = {fmt(mu)} "
-        f"(`shared.privacy`); T fresh releases compose to μ√T; ε at δ = {delta:g}. Features get no protection — "
+        f"|y| ≤ B = {fmt(bound)} (clients clip their probe targets with `protocol.label_clip = {fmt(bound)}`) a probe "
+        f"gradient is a Gaussian mechanism on the labels: μ = 2B/σ_inj = {fmt(mu)} (`shared.privacy`); T fresh releases compose to μ√T; ε at δ = {delta:g}. Features get no protection — "
         "gradients reveal Σ by design — and the training gradient (full local data) is exact unless "
         "training.noisy_targets = true. Attack: one batch holds the target row; the attacker knows X, w and all "
         "other labels and applies the likelihood-ratio test to T releases; its best TPR − FPR over thresholds is "
