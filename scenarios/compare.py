@@ -228,6 +228,11 @@ def _count(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
+def _several_seeds(rows: list[dict]) -> bool:
+    """Whether the table was run on more than the scenario's own seed."""
+    return any(len(str(r["seeds"]).split()) > 1 for r in rows)
+
+
 def spread(row: dict) -> str:
     """'median (min–max)' of rounds over seeds; a seed that missed or failed counts as ∞."""
     values = [int(v) if v.isdigit() else math.inf for v in str(row["rounds_to_target_by_seed"]).split()]
@@ -242,7 +247,7 @@ def markdown_table(rows: list[dict], target: float, budget: int) -> str:
     def num(v):
         return f"{v:,}" if v not in ("", None) else "—"
 
-    several = any(len(str(r["seeds"]).split()) > 1 for r in rows)
+    several = _several_seeds(rows)
     seeds_head = f" rounds over seeds {rows[0]['seeds']}: median (min–max) |" if several and rows else ""
     lines = [
         f"| method | rounds to {target:g} |{seeds_head} uplink bytes | downlink bytes | gradient evals | "
@@ -314,7 +319,7 @@ def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> No
 
 def _print(rows: list[dict], console: Console, target: float, budget: int) -> None:
     table = Table(title=f"rounds to {target:g} (budget {budget} rounds), sorted by rounds")
-    several = any(len(str(r["seeds"]).split()) > 1 for r in rows)
+    several = _several_seeds(rows)
     for col in ("method", "rounds", *(("over seeds",) if several else ()), "uplink bytes", "downlink bytes",
                 "grad evals", "final risk", "tuned"):
         table.add_column(col)

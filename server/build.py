@@ -19,6 +19,7 @@ from server.baselines import (
 )
 from server.strategy import GradCovStrategy
 from shared.metrics import LeastSquaresOracle
+from shared.secant import gradients_are_exact
 
 # method → scenario overrides that define it (the rest comes from the scenario)
 GRADCOV_VARIANTS = {
@@ -77,8 +78,8 @@ def resolve_learning_rates(
         return 1.0 / oracle.largest_eigenvalue()
 
     pre = uses_preconditioner(scenario, method)
-    exact = (scenario.clients.fraction >= 1.0 and train.gradient == "full" and not train.noisy_targets
-             and train.local_steps == 0 and train.line_search_memory > 0)
+    exact = train.line_search_memory > 0 and gradients_are_exact(
+        scenario.clients.fraction, train.gradient, train.noisy_targets, train.local_steps)
     if train.learning_rate != "auto":
         server = float(train.learning_rate)
     elif method in ("oracle", "newton"):

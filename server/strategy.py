@@ -21,7 +21,7 @@ from shared import protocol as p
 from shared.calibration import estimator_coefficients
 from shared.estimators import CovariancePool
 from shared.lowrank import LowRankPreconditioner, SketchPool
-from shared.secant import SecantMemory
+from shared.secant import SecantMemory, gradients_are_exact
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
 
 
@@ -270,10 +270,8 @@ class GradCovStrategy(Strategy):
     def _exact_gradients(self) -> bool:
         """Whether ḡ is the exact gradient of the federation's quadratic loss (every
         client, full local data, clean targets), so gradient differences reveal Σ."""
-        return (
-            self.secant is not None and self.precondition and self.fraction_train >= 1.0
-            and self.train_gradient == "full" and not self.noisy_targets
-        )
+        return self.secant is not None and self.precondition and gradients_are_exact(
+            self.fraction_train, self.train_gradient, self.noisy_targets, self.local_steps)
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
         """The config sent to one node (override to vary it per node)."""

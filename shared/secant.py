@@ -29,6 +29,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def gradients_are_exact(fraction: float, gradient: str, noisy_targets: bool, local_steps: int) -> bool:
+    """Whether the server's aggregated ḡ is the exact gradient of the federation's
+    quadratic loss: every client each round, full local data, clean targets, and
+    gradients (not local-step updates) sent — the case where gradient differences
+    are Σ times the step."""
+    return fraction >= 1.0 and gradient == "full" and not noisy_targets and local_steps == 0
+
+
 class SecantMemory:
     """The last ``memory`` steps of an exact-gradient quadratic and Σ along them.
 
