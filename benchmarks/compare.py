@@ -4,7 +4,7 @@
                                  [--dims 50,500,5000] [--seeds 1,2,3,4]
 
 1. ``fedsigma compare`` on ill_conditioned, non_iid and diabetes (learning rates
-   tuned per method on the grids in scenarios/compare.py, each method then rerun
+   tuned per method on the grids in fedsigma/experiments/compare.py, each method then rerun
    at its tuned value on the further seeds), then the criteria of issue 3 on
    ill_conditioned, each printed PASS/FAIL with its numbers.
 2. The bytes table: gradcov (low-rank-plus-ridge, rank 20), newton and fedadam
@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scenarios.compare import compare
+from fedsigma.experiments.compare import compare
 from scenarios.loader import load_scenario
 
 SCENARIOS = ("ill_conditioned", "non_iid", "diabetes")
@@ -54,7 +54,7 @@ def main() -> None:
 
 
 def _all_methods() -> list[str]:
-    from scenarios.cli import DEFAULT_METHODS
+    from fedsigma.cli import DEFAULT_METHODS
 
     return list(DEFAULT_METHODS)
 

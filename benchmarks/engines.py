@@ -36,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scenarios.flower_processes import descendants, process_tree
+from fedsigma.engines.processes import descendants, process_tree
 from shared.results import read_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ class Sampler(threading.Thread):
 def run_one(engine: str, clients: int, rounds: int, work: Path) -> dict:
     """One ``fedsigma run`` on one engine; its timings and peak memory."""
     out = work / f"{engine}-{clients}"
-    cmd = [sys.executable, "-m", "scenarios.cli", "run", "quickstart", "--engine", engine, "--out", str(out),
+    cmd = [sys.executable, "-m", "fedsigma.cli", "run", "quickstart", "--engine", engine, "--out", str(out),
            "--set", f"clients.count={clients}", "--set", f"stop.max_rounds={rounds}", "--set", "stop.target=1e-300"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

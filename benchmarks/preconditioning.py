@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scenarios.cli import run_engine
+from fedsigma.engines.dispatch import run_engine
 from scenarios.loader import load_scenario
 from server.build import GRADCOV_VARIANTS
 

@@ -20,7 +20,7 @@ def run_inline_scenario(scenario_path: Path, out: Path, overrides: list[str] | N
     e.g. to capture every message. Returns the validated Scenario.
     """
     from client.client_app import app as real_client_app
-    from scenarios.inline_engine import run_config_for, run_inline
+    from fedsigma.engines.inline import run_config_for, run_inline
     from scenarios.loader import load_scenario
     from server.server_app import app as server_app
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _support import read_rounds_raw, run_inline_scenario, write_scenario
 
-from scenarios.cli import main
+from fedsigma.cli import main
 from shared.results import COLUMNS
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from _support import write_scenario
 
-from scenarios.cli import DEFAULT_METHODS, main
-from scenarios.compare import COLUMNS
+from fedsigma.cli import DEFAULT_METHODS, main
+from fedsigma.experiments.compare import COLUMNS
 
 SMALL = """
 seed = 2
@@ -111,7 +111,7 @@ def test_bad_seeds_are_a_one_line_error(tmp_path, capsys):
 
 
 def test_spread_counts_misses_and_failures_as_infinite():
-    from scenarios.compare import _median, spread
+    from fedsigma.experiments.compare import _median, spread
 
     reached = [3, None, "failed", 5, 4]
     row = {"rounds_to_target_by_seed": "3 - failed 5 4", "rounds_to_target_median": _median(reached)}

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scenarios import compose as cp
-from scenarios.deployment_engine import (
+from fedsigma.engines import compose as cp
+from fedsigma.engines.deployment import (
     SUPERLINK_PORT,
     SUPERNODE_PORT,
     Certificates,
@@ -27,7 +27,7 @@ from scenarios.deployment_engine import (
     superlink_command,
     supernode_command,
 )
-from scenarios.flower_processes import flower_command
+from fedsigma.engines.processes import flower_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = metadata.version("flwr")
@@ -57,7 +57,7 @@ def _flags(cmd: list[str]) -> dict[str, str | None]:
 
 def test_committed_file_is_the_generators_output():
     assert (ROOT / "docker-compose.yml").read_text() == cp.render(3), (
-        "docker-compose.yml is stale: python -m scenarios.compose --supernodes 3 > docker-compose.yml"
+        "docker-compose.yml is stale: python -m fedsigma.engines.compose --supernodes 3 > docker-compose.yml"
     )
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from _support import live_processes_with_env, rows_without_seconds
 
-from scenarios import flower_processes as fp
-from scenarios.cli import main
-from scenarios.deployment_engine import superlink_command, supernode_command
+from fedsigma.engines import processes as fp
+from fedsigma.cli import main
+from fedsigma.engines.deployment import superlink_command, supernode_command
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "clients.count=3", "--set", "stop.max_rounds=3"]
@@ -33,7 +33,7 @@ def run_cli(args: list[str], timeout: float = 100, cwd: Path = ROOT) -> tuple[su
     """``fedsigma run ARGS`` in a subprocess whose descendants all carry a marker in their environment."""
     mark = uuid.uuid4().hex
     done = subprocess.run(
-        [sys.executable, "-m", "scenarios.cli", "run", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "fedsigma.cli", "run", *args], capture_output=True, text=True,
         timeout=timeout, env={**os.environ, MARK: mark}, cwd=cwd,
     )
     return done, mark
@@ -158,7 +158,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
     exit 130, and every process the CLI started is gone."""
     mark, out = uuid.uuid4().hex, tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scenarios.cli", "run", "quickstart", "--engine", "deployment", "--out", str(out),
+        [sys.executable, "-m", "fedsigma.cli", "run", "quickstart", "--engine", "deployment", "--out", str(out),
          *QUICK, "--set", "stop.max_rounds=40", "--set", "stop.target=1e-300"], env={**os.environ, MARK: mark}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -191,8 +191,8 @@ def test_a_supernode_with_a_missing_csv_fails_the_run_clearly(tmp_path, monkeypa
     """A SuperNode started with --node-config data-path=<missing file> (the scenario names
     no files): the run stops at the handshake with that node's one-line reason, and every
     process is stopped."""
-    from scenarios.deployment_engine import run_deployment
-    from scenarios.inline_engine import run_config_for
+    from fedsigma.engines.deployment import run_deployment
+    from fedsigma.engines.inline import run_config_for
     from scenarios.loader import ScenarioError, validate
 
     mark = uuid.uuid4().hex

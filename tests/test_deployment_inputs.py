@@ -10,10 +10,10 @@ import pytest
 from _support import read_rounds_raw
 
 from client.client_app import app as client_app
-from scenarios.cli import main
-from scenarios.deployment_engine import format_node_config
-from scenarios.flower_processes import free_port
-from scenarios.inline_engine import run_config_for, run_inline
+from fedsigma.cli import main
+from fedsigma.engines.deployment import format_node_config
+from fedsigma.engines.processes import free_port
+from fedsigma.engines.inline import run_config_for, run_inline
 from scenarios.loader import load_scenario
 from scenarios.node_data import NodeDataError, client_rows, node_configs
 from server.server_app import app as server_app

@@ -29,7 +29,7 @@ def test_simulation_matches_inline(tmp_path):
     for engine in ("inline", "simulation"):
         outs[engine] = tmp_path / engine
         done = subprocess.run(
-            [sys.executable, "-m", "scenarios.cli", "run", "quickstart", "--engine", engine,
+            [sys.executable, "-m", "fedsigma.cli", "run", "quickstart", "--engine", engine,
              "--out", str(outs[engine]), *common],
             capture_output=True, text=True, timeout=200, env=os.environ,
         )

@@ -252,7 +252,7 @@ def test_calibration_matters_in_the_federated_pipeline(tmp_path):
     δ-bias is ≤ 2q/n ≈ 0.06 at q ≤ 1, n = 32. Uncalibrated, Σ̂ ≈ (qΣ + Σδδᵀ Σ)/n is off
     in scale by a factor ~n/q, so its relative error is close to 1.
     """
-    from scenarios.cli import main
+    from fedsigma.cli import main
 
     path = write_scenario(tmp_path / "calib.toml", CALIBRATION_SCENARIO)
     errors = {}

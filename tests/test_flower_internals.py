@@ -1,7 +1,7 @@
-"""Guards for the Flower internals the inline engine relies on (scenarios/inline_engine.py).
+"""Guards for the Flower internals the inline engine relies on (fedsigma/engines/inline.py).
 
 If one of these fails after a Flower upgrade, the message says what changed; fix
-scenarios/inline_engine.py (and pyproject's pin) before anything else.
+fedsigma/engines/inline.py (and pyproject's pin) before anything else.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_message_id_is_settable_through_metadata_dict(task_identity):
 def test_error_replies_can_be_built(task_identity):
     from flwr.app import Error, Message, RecordDict
 
-    from scenarios.inline_engine import CLIENT_ERROR
+    from fedsigma.engines.inline import CLIENT_ERROR
 
     _identify(task_identity)
     msg = Message(RecordDict(), dst_node_id=1007, message_type="train")
@@ -100,7 +100,7 @@ def test_error_replies_can_be_built(task_identity):
 
 
 def test_superlink_node_id_constant():
-    from scenarios.inline_engine import SUPERLINK_NODE_ID
+    from fedsigma.engines.inline import SUPERLINK_NODE_ID
 
     constant = importlib.import_module("flwr.common.constant")
     assert constant.SUPERLINK_NODE_ID == SUPERLINK_NODE_ID, (
@@ -143,7 +143,7 @@ def test_client_app_routes_query_hello_and_train(task_identity):
 def test_grid_abstract_methods_are_all_implemented():
     from flwr.serverapp import Grid
 
-    from scenarios.inline_engine import InlineGrid
+    from fedsigma.engines.inline import InlineGrid
     from server.partition_grid import PartitionGrid
 
     for cls in (InlineGrid, PartitionGrid):
@@ -158,7 +158,7 @@ def test_inline_grid_round_trip(task_identity):
     from flwr.app import Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
-    from scenarios.inline_engine import InlineGrid
+    from fedsigma.engines.inline import InlineGrid
 
     app = ClientApp()
 

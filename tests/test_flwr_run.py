@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scenarios import flower_processes as fp
+from fedsigma.engines import processes as fp
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -87,7 +87,7 @@ def test_label_clip_clips_probe_targets_only_and_reaches_the_clients(tmp_path):
 
 
 def test_label_clip_must_be_positive(tmp_path, capsys):
-    from scenarios.cli import main
+    from fedsigma.cli import main
 
     assert main(["run", "quickstart", "--set", "protocol.label_clip=0", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

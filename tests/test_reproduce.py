@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from scenarios.cli import main
-from scenarios.reproduce import CLAIMS, EXPERIMENTS
-from scenarios.reproduce.common import OPS, fmt
+from fedsigma.cli import main
+from fedsigma.experiments.reproduce import CLAIMS, EXPERIMENTS
+from fedsigma.experiments.reproduce.common import OPS, fmt
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_checks_agree_with_the_raw_numbers_behind_them(quick_run):
 
 def test_same_command_same_numbers(quick_run, tmp_path):
     """Rerun the cheap experiments: identical numbers (every RNG is seeded)."""
-    from scenarios.reproduce import recovery
+    from fedsigma.experiments.reproduce import recovery
     from shared.threads import single_thread
 
     _, _, _, results = quick_run

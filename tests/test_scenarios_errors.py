@@ -27,7 +27,7 @@ CSV_OK = "a,b,c,y\n" + "".join(f"{i},{i % 7},{(i * 3) % 5},{i % 11}\n" for i in 
 
 def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scenarios.cli", "run", *args],
+        [sys.executable, "-m", "fedsigma.cli", "run", *args],
         cwd=cwd, capture_output=True, text=True, timeout=120,
     )
 
@@ -126,11 +126,11 @@ def test_values_with_square_brackets_are_printed_verbatim(tmp_path):
         proc = _run_cli([str(path), "--out", str(tmp_path / "out"), "--set", f"protocol.batch_size={value}"],
                         cwd=tmp_path)
         assert "MarkupError" not in proc.stderr, (
-            f"BUG (scenarios/cli.py main: error text not escaped for rich markup): --set value {value!r} "
+            f"BUG (fedsigma/cli.py main: error text not escaped for rich markup): --set value {value!r} "
             f"crashes the error printer:\n{proc.stderr[-300:]}"
         )
         line = _assert_usage_error(proc, "protocol.batch_size")
-        assert value in line, f"BUG (scenarios/cli.py main: rich ate the markup-like value {value!r}): {line}"
+        assert value in line, f"BUG (fedsigma/cli.py main: rich ate the markup-like value {value!r}): {line}"
 
 
 @pytest.mark.parametrize(

@@ -154,7 +154,7 @@ def test_auto_step_is_one_only_when_the_secant_memory_can_undo_an_overshoot():
 def test_the_memory_pays_off_with_a_rough_low_rank_p(tmp_path):
     """bytes_family at d = 200 (rank-20 P from 800 probes): 20 remembered steps reach
     the target in fewer rounds than a line search along the last step alone."""
-    from scenarios.cli import main
+    from fedsigma.cli import main
 
     rounds = {}
     for memory in (1, 20):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scenarios.reproduce.common import (
+from fedsigma.experiments.reproduce.common import (
     CHUNK_FLOATS, Check, Experiment, batch_gradients, calibration_coefficient, fmt, gaussian_reference, new_figure,
     offset_with_excess, rng_for, save_figure, sigma_hat, style, synthetic_population, two_legends,
     whitened_prediction,

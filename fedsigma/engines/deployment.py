@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from scenarios import flower_processes as fp
+from fedsigma.engines import processes as fp
 from scenarios.loader import ScenarioError
 from scenarios.node_data import NodeDataError
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scenarios.reproduce.common import (
+from fedsigma.experiments.reproduce.common import (
     Check, Experiment, batch_gradients, calibration_coefficient, fmt, new_figure, offset_with_excess, rng_for,
     save_figure, sigma_hat, style, synthetic_population,
 )
+from scenarios.loader import load_scenario
 from shared.calibration import estimator_coefficients, injected_variance
 from shared.estimators import gradient_covariance
 from shared.metrics import sigma_relative_error
@@ -90,8 +91,6 @@ def differential(quick: bool, out: Path) -> Experiment:
 
 # -- 9 ------------------------------------------------------------------------------
 def label_privacy(quick: bool, out: Path) -> Experiment:
-    from scenarios.loader import load_scenario
-
     scenario = load_scenario("ill_conditioned")
     n, c, probes = scenario.protocol.batch_size, scenario.protocol.calibration, scenario.protocol.probes
     rows = scenario.data.rows_per_client

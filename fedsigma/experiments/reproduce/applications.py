@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from scenarios.reproduce.common import (
+from fedsigma.engines.dispatch import run_engine
+from fedsigma.experiments.reproduce.common import (
     Check, Experiment, batch_gradients, calibration_coefficient, fmt, new_figure, offset_with_excess, rng_for,
     save_figure, sigma_hat, style, synthetic_population,
 )
 from shared.adversarial import ATTACKS, adversarial_risk, dual_norm, excess_from_gradients, worst_perturbation
 from shared.data import sample_unit_inputs
+from scenarios.loader import load_scenario
 from shared.results import read_rounds
 
 
@@ -39,17 +41,12 @@ def quiet_flower():
 def run_scenario(name: str, overrides: list[str], out: Path, method: str = "gradcov") -> tuple[dict, list[dict]]:
     """Run a bundled scenario with one method on the inline engine (the real
     ServerApp, strategy and ClientApp); returns summary.json and rounds.csv."""
-    from scenarios.cli import run_engine
-    from scenarios.loader import load_scenario
-
     run_engine(load_scenario(name, overrides + ['engine="inline"']), out, method=method)
     return json.loads((out / "summary.json").read_text()), read_rounds(out / "rounds.csv")
 
 
 # -- 6 ------------------------------------------------------------------------------
 def preconditioning(quick: bool, out: Path) -> Experiment:
-    from scenarios.loader import load_scenario
-
     name = "quickstart" if quick else "ill_conditioned"
     scenario = load_scenario(name)
     d, clients, target = scenario.dim(), scenario.clients.count, scenario.stop.target
@@ -134,7 +131,7 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
     ]
     setting = (
         f"The bundled scenario `{name}` (d = {d}, κ(Σ) = {fmt(scenario.data.condition_number)}, {clients} clients, "
-        f"n = {scenario.protocol.batch_size}, c = 1) run by `scenarios.cli.run_engine` on the inline engine — the "
+        f"n = {scenario.protocol.batch_size}, c = 1) run by `fedsigma.engines.dispatch.run_engine` on the inline engine — the "
         "real Flower ServerApp, strategy and ClientApp. For each K the clients send ⌈K/clients⌉ probes per round "
         "and the server builds P = (Σ̂ + λI)⁻¹ once the first round's K probes are pooled, then never refreshes "
         "it (`--set protocol.probes=… preconditioner.warmup_gradients=K preconditioner.refresh_every=1000000`), "

@@ -6,16 +6,21 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from scenarios.flower_processes import EngineError
+from fedsigma import __version__
+from fedsigma.engines.deployment import Certificates, check_reachable
+from fedsigma.engines.dispatch import DeployOptions, run_engine
+from fedsigma.engines.processes import EngineError
+from fedsigma.experiments.compare import compare
+from fedsigma.experiments.reproduce import reproduce
+from fedsigma.progress import RoundsProgress
 from scenarios.loader import ScenarioError, bundled_names, load_scenario
-from scenarios.progress import RoundsProgress
+from server.build import GRADCOV_VARIANTS, resolve_learning_rates
 
 ENGINES = ("inline", "simulation", "deployment")
 DEFAULT_METHODS = (
@@ -49,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="fedsigma",
         description="Federated linear regression preconditioned by Σ recovered from calibrated gradients.",
     )
+    parser.add_argument("--version", action="version", version=f"fedsigma {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario and write its results folder")
     run.add_argument("scenario", help="a scenario .toml file or a bundled name: " + ", ".join(bundled_names()))
@@ -101,8 +107,6 @@ def cmd_list(args, console: Console) -> int:
 
 
 def cmd_compare(args, console: Console) -> int:
-    from scenarios.compare import compare
-
     overrides = list(args.overrides) + ([f'engine="{args.engine}"'] if args.engine else [])
     name = Path(args.scenario).stem
     out = (args.out or Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -124,8 +128,6 @@ def cmd_compare(args, console: Console) -> int:
 
 
 def cmd_reproduce(args, console: Console) -> int:
-    from scenarios.reproduce import reproduce
-
     return reproduce(quick=args.quick, out=args.out.resolve(), console=console)
 
 
@@ -136,8 +138,6 @@ def cmd_show(args, console: Console) -> int:
 
 
 def cmd_run(args, console: Console) -> int:
-    from server.build import GRADCOV_VARIANTS
-
     # a variant's own settings first (gradcov-uncalibrated: c = 0), so the user's --set wins
     overrides = [*GRADCOV_VARIANTS.get(args.method, []), *args.overrides]
     if args.engine:
@@ -166,51 +166,6 @@ def cmd_run(args, console: Console) -> int:
     return 0
 
 
-def run_engine(scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None) -> None:
-    """Run a validated scenario with one method on its engine; results land in ``out``."""
-    from scenarios.inline_engine import run_config_for
-    from scenarios.node_data import node_configs
-
-    deploy = deploy or DeployOptions()
-    run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method)
-    if scenario.engine == "inline":
-        from client.client_app import app as client_app
-        from scenarios.inline_engine import run_inline
-        from server.server_app import app as server_app
-
-        run_inline(server_app, client_app, scenario.clients.count, run_config, node_configs(scenario))
-    elif scenario.engine == "deployment":
-        from scenarios.deployment_engine import Certificates, run_deployment
-
-        run_deployment(
-            node_configs(scenario), run_config, log_path=out / "flower.log", superlink=deploy.superlink,
-            start_supernodes=not deploy.no_supernodes, tls=deploy.tls,
-            certs=Certificates(deploy.certs) if deploy.certs else None,
-        )
-    else:
-        from scenarios.simulation_engine import run_simulation
-
-        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log")
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    """The deployment engine's flags of ``fedsigma run``."""
-
-    superlink: str | None = None
-    no_supernodes: bool = False
-    tls: bool = False
-    certs: Path | None = None
-
-    def out_dir(self, out: Path) -> str:
-        """The out-dir the ServerApp gets: ``out``, or on a SuperLink we did not start
-        (containers, another machine) the same path relative to this folder when it is
-        inside it, so that it lands under the ServerApp's working directory."""
-        if self.superlink is None or not out.is_relative_to(Path.cwd()):
-            return str(out)
-        return str(out.relative_to(Path.cwd()))
-
-
 def deployment_options(args, scenario) -> DeployOptions:
     """Check the deployment flags against the scenario's engine; one-line errors."""
     opts = DeployOptions(args.superlink, args.no_supernodes, args.tls or args.certs is not None,
@@ -231,8 +186,6 @@ def deployment_options(args, scenario) -> DeployOptions:
     if opts.certs is not None and not opts.certs.is_dir():
         raise ScenarioError(f"--certs: no folder {str(opts.certs)!r}; make one with scripts/make-certs.sh DIR N")
     if scenario.engine == "deployment":
-        from scenarios.deployment_engine import Certificates, check_reachable
-
         if opts.certs is not None:
             nodes = 0 if opts.no_supernodes else scenario.clients.count
             Certificates(opts.certs).check(nodes, superlink=opts.superlink is None)
@@ -250,8 +203,6 @@ def preflight(scenario, deploy: DeployOptions, method: str = "gradcov") -> None:
             f"data.paths: data.kind = 'nodes' on the {scenario.engine} engine needs one CSV per client in "
             "data.paths (SuperNodes started by you name theirs with --node-config data-path=...)"
         )
-    from server.build import resolve_learning_rates
-
     resolve_learning_rates(scenario, None, method)  # 'auto' without the preconditioner needs an oracle
 
 

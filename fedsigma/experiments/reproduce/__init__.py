@@ -18,9 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from scenarios.reproduce import applications, extensions, recovery, robustness
-from scenarios.reproduce.common import Check, Experiment
-from scenarios.reproduce.report import CLAIMS, claim_verdicts, machine, write_report
+from fedsigma.experiments.reproduce import applications, extensions, recovery, robustness
+from fedsigma.experiments.reproduce.common import Check, Experiment
+from fedsigma.experiments.reproduce.report import CLAIMS, claim_verdicts, machine, write_report
 from shared.threads import single_thread
 
 __all__ = ["reproduce", "EXPERIMENTS", "CLAIMS"]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 PACKAGES = ("shared", "server", "client", "scenarios")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: fedsigma/engines/processes.py
 CONNECTION = "fedsigma"
 
 APP_PYPROJECT = """\

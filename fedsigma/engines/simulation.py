@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from scenarios import flower_processes as fp
+from fedsigma.engines import processes as fp
 
 
 def run_simulation(num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0) -> None:

@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from scenarios.reproduce.common import Experiment, fmt
+from fedsigma.experiments.reproduce.common import Experiment, fmt
 from shared.results import write_json
 
 # The paper's claims as METHOD.md lists them; None = METHOD.md's own derivations.
@@ -96,7 +96,7 @@ def write_report(out: Path, results: list[Experiment], verdicts: list[dict], *, 
         f"load average {info['load_average']} when the report was written{busy}). "
         "Every random number generator is seeded: rerunning the command gives the same numbers; only the "
         "timings change. Every verdict below is a measured number against a criterion fixed in the code "
-        "(`scenarios/reproduce/`); `results.json` holds them all.",
+        "(`fedsigma/experiments/reproduce/`); `results.json` holds them all.",
         "",
         "## Verdict per claim",
         "",

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from fedsigma.engines.dispatch import run_engine  # noqa: E402
 from scenarios.loader import ScenarioError, load_scenario  # noqa: E402
 from server.baselines import FLOWER_STRATEGIES  # noqa: E402
 from server.build import GRADCOV_VARIANTS, METHODS, oracle_for, resolve_learning_rates  # noqa: E402
@@ -93,7 +94,6 @@ def compare(
     each method reruns at its tuned value, so the table shows the spread of
     rounds to target and not one draw's luck.
     """
-    from scenarios.cli import run_engine  # the same entry the `run` command uses
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -165,7 +165,6 @@ def _rerun_on_seeds(scenario_ref: str, sets: list[str], method: str, key: str, v
     """Rounds to target of one method rerun at its tuned value on each seed: None if
     not reached, "failed" if the run raised. A value tuned as a multiple of 1/λ_max
     keeps the multiple and takes each seed's own λ_max (its data differ)."""
-    from scenarios.cli import run_engine
 
     results: list[int | str | None] = []
     for seed in seeds:

@@ -1,0 +1,1 @@
+"""fedsigma's engines: inline (in-process), simulation (Ray) and deployment (SuperLink + SuperNodes)."""

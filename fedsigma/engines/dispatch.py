@@ -1,0 +1,48 @@
+"""Run one validated scenario with one method on its engine: the single entry point
+that ``fedsigma run``, ``compare``, ``reproduce`` and the benchmarks share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.client_app import app as client_app
+from fedsigma.engines.deployment import Certificates, run_deployment
+from fedsigma.engines.inline import run_config_for, run_inline
+from fedsigma.engines.simulation import run_simulation
+from scenarios.node_data import node_configs
+from server.server_app import app as server_app
+
+
+def run_engine(scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None) -> None:
+    """Run a validated scenario with one method on its engine; results land in ``out``."""
+    deploy = deploy or DeployOptions()
+    run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method)
+    if scenario.engine == "inline":
+        run_inline(server_app, client_app, scenario.clients.count, run_config, node_configs(scenario))
+    elif scenario.engine == "deployment":
+        run_deployment(
+            node_configs(scenario), run_config, log_path=out / "flower.log", superlink=deploy.superlink,
+            start_supernodes=not deploy.no_supernodes, tls=deploy.tls,
+            certs=Certificates(deploy.certs) if deploy.certs else None,
+        )
+    else:
+        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log")
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """The deployment engine's flags of ``fedsigma run``."""
+
+    superlink: str | None = None
+    no_supernodes: bool = False
+    tls: bool = False
+    certs: Path | None = None
+
+    def out_dir(self, out: Path) -> str:
+        """The out-dir the ServerApp gets: ``out``, or on a SuperLink we did not start
+        (containers, another machine) the same path relative to this folder when it is
+        inside it, so that it lands under the ServerApp's working directory."""
+        if self.superlink is None or not out.is_relative_to(Path.cwd()):
+            return str(out)
+        return str(out.relative_to(Path.cwd()))

@@ -1,0 +1,1 @@
+"""Experiments over many runs: method comparisons and the paper reproduction."""
