@@ -50,9 +50,13 @@ def load_scenario(name_or_path: str | Path, overrides: list[str] | None = None) 
     """
     path = resolve_path(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"scenario: {path.name} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"scenario: {path.name} is not UTF-8 text (byte {exc.start}); give a TOML file") from None
+    except OSError as exc:
+        raise ScenarioError(f"scenario: cannot read {path.name}: {exc.strerror or exc}") from None
     raw.setdefault("name", path.stem)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):

@@ -9,11 +9,41 @@ from __future__ import annotations
 import csv
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
 from shared.data import load_csv
+
+# Strict scalar types for every scenario key (and for sections other modules add):
+# no inf/nan (JSON has no inf: it would come back as null), no bool for a number
+# (``count = true`` is not 1), no float for an int (``dim = 4.5``), no "1" strings.
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+
+NAME_MAX_CHARS = 100
+# κ above 1e12 is below float64's resolution of Σ = XᵀX/N: λmin drowns in rounding
+# (κ = 1e300 reported a negative excess risk as success).
+KAPPA_MAX = 1e12
+RATE_MAX = 1e6  # learning rates: a step this large diverges in one round anyway
+
+
+def plain_file_name(value: str) -> str:
+    """Check that ``value`` is usable as one folder name under runs/: no path
+    separators, no ``..``, no NUL or control characters, no leading dot, not empty."""
+    if not value or len(value) > NAME_MAX_CHARS:
+        raise ValueError(f"must be 1 to {NAME_MAX_CHARS} characters (it names the results folder)")
+    if "/" in value or "\\" in value:
+        raise ValueError("must be a plain file name, without '/' or '\\' (it names the results folder under runs/)")
+    if value.startswith("."):
+        raise ValueError("must not start with '.' (it names the results folder under runs/)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not hold NUL or other control characters (it names the results folder)")
+    return value
+
+
+FileName = Annotated[str, AfterValidator(plain_file_name)]
 
 
 class _Section(BaseModel):
@@ -24,21 +54,30 @@ class Data(_Section):
     """Where the rows come from."""
 
     kind: Literal["synthetic", "diabetes", "csv", "nodes"] = "synthetic"
-    dim: int = Field(20, ge=1, le=20000, description="d, synthetic features (kind = nodes: columns but the target)")
-    condition_number: float = Field(10.0, ge=1.0, description="κ(Σ) = λmax/λmin")
+    dim: StrictInt = Field(20, ge=1, le=20000, description="d, synthetic features (kind = nodes: columns but the target)")
+    condition_number: FiniteFloat = Field(10.0, ge=1.0, le=KAPPA_MAX, description="κ(Σ) = λmax/λmin")
     spectrum: Literal["geometric", "linear", "two_level", "spiked"] = "geometric"
-    spikes: int = Field(10, ge=1, description="large eigenvalues of a 'spiked' spectrum")
-    rotate: bool = Field(True, description="random rotation of Σ's eigenbasis")
+    spikes: StrictInt = Field(10, ge=1, description="large eigenvalues of a 'spiked' spectrum")
+    rotate: StrictBool = Field(True, description="random rotation of Σ's eigenbasis")
     inputs: Literal["gaussian", "rademacher", "student_t"] = "gaussian"
-    student_t_dof: float = Field(5.0, gt=2.0, description="ν for student_t inputs")
-    rows_per_client: int = Field(500, ge=2, description="average rows per client")
-    noise_std: float = Field(0.5, ge=0.0, description="σ₀, natural target noise")
-    signal_variance: float = Field(1.0, gt=0.0, description="w*ᵀΣw*")
+    student_t_dof: FiniteFloat = Field(5.0, gt=2.0, le=1e6, description="ν for student_t inputs")
+    rows_per_client: StrictInt = Field(500, ge=2, description="average rows per client")
+    noise_std: FiniteFloat = Field(0.5, ge=0.0, le=1e6, description="σ₀, natural target noise")
+    signal_variance: FiniteFloat = Field(1.0, gt=0.0, le=1e12, description="w*ᵀΣw*")
     path: Path | None = Field(None, description="CSV file (kind = csv)")
     target: str | None = Field(None, description="target column (kind = csv; kind = nodes: the default)")
     paths: list[Path] | None = Field(
         None, description="kind = nodes: one CSV per client, sent to node k as its node config data-path"
     )
+
+    @model_validator(mode="after")
+    def _spikes_below_dim(self) -> Data:
+        if self.spectrum == "spiked" and self.kind == "synthetic" and self.dim > 1 and self.spikes >= self.dim:
+            raise ValueError(
+                f"data.spikes: {self.spikes} spikes of d = {self.dim} leave no small eigenvalue (κ = 1); "
+                f"set data.spikes below {self.dim}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _csv_needs_file(self) -> Data:
@@ -83,28 +122,28 @@ class Partition(_Section):
     """How the pooled rows are split across clients."""
 
     kind: Literal["iid", "covariate_shift", "size_skew"] = "iid"
-    shift_strength: float = Field(0.9, ge=0.0, le=1.0, description="0 = IID, 1 = slabs")
-    size_alpha: float = Field(0.5, gt=0.0, description="Dirichlet α of shard sizes")
+    shift_strength: FiniteFloat = Field(0.9, ge=0.0, le=1.0, description="0 = IID, 1 = slabs")
+    size_alpha: FiniteFloat = Field(0.5, gt=0.0, le=1e6, description="Dirichlet α of shard sizes")
 
 
 class Clients(_Section):
-    count: int = Field(10, ge=1, le=100000)
-    fraction: float = Field(1.0, gt=0.0, le=1.0, description="sampled per round")
+    count: StrictInt = Field(10, ge=1, le=100000)
+    fraction: FiniteFloat = Field(1.0, gt=0.0, le=1.0, description="sampled per round")
 
 
 class Protocol(_Section):
     """What each client computes per round."""
 
-    batch_size: int = Field(64, ge=1, description="n, rows per probe batch")
-    probes: int = Field(4, ge=2, description="probe gradients per client per round")
-    calibration: float = Field(1.0, ge=0.0, description="c: total noise variance = c·n")
-    noise_var: float | None = Field(
-        None, ge=0.0, description="known σ₀²; default: data.noise_std² (synthetic), 0 (real)"
+    batch_size: StrictInt = Field(64, ge=1, description="n, rows per probe batch")
+    probes: StrictInt = Field(4, ge=2, description="probe gradients per client per round")
+    calibration: FiniteFloat = Field(1.0, ge=0.0, le=1e6, description="c: total noise variance = c·n")
+    noise_var: FiniteFloat | None = Field(
+        None, ge=0.0, le=1e12, description="known σ₀²; default: data.noise_std² (synthetic), 0 (real)"
     )
-    differential: bool = Field(False, description="two noise levels, cancels δ-bias and σ₀²")
-    differential_low: float = Field(0.25, ge=0.0, lt=1.0, description="low level = this·c·n")
-    label_clip: float | None = Field(
-        None, gt=0.0,
+    differential: StrictBool = Field(False, description="two noise levels, cancels δ-bias and σ₀²")
+    differential_low: FiniteFloat = Field(0.25, ge=0.0, lt=1.0, description="low level = this·c·n")
+    label_clip: FiniteFloat | None = Field(
+        None, gt=0.0, le=1e12,
         description="B: probes use targets clipped to [−B, B], so each is a μ = 2B/σ_inj Gaussian "
                     "mechanism on the labels (shared.privacy); None = no clipping",
     )
@@ -120,32 +159,32 @@ class Protocol(_Section):
 
 
 class Preconditioner(_Section):
-    enabled: bool = Field(True, description="false = plain FedSGD (no probes)")
-    ridge: float | None = Field(None, ge=0.0, description="λ; default ridge_fraction·tr(Σ̂)/d")
-    ridge_fraction: float = Field(1e-3, ge=0.0)
-    refresh_every: int = Field(1, ge=1, description="rounds between refreshes of P")
-    warmup_gradients: int | None = Field(
+    enabled: StrictBool = Field(True, description="false = plain FedSGD (no probes)")
+    ridge: FiniteFloat | None = Field(None, ge=0.0, le=1e12, description="λ; default ridge_fraction·tr(Σ̂)/d")
+    ridge_fraction: FiniteFloat = Field(1e-3, ge=0.0, le=1e6)
+    refresh_every: StrictInt = Field(1, ge=1, description="rounds between refreshes of P")
+    warmup_gradients: StrictInt | None = Field(
         None, ge=0, description="probe gradients pooled before the first P; default 10·d (10·rank)"
     )
-    max_gradients: int | None = Field(
+    max_gradients: StrictInt | None = Field(
         None, ge=1, description="stop probing once this many probe gradients are pooled; None = every round"
     )
-    rank: int | None = Field(
+    rank: StrictInt | None = Field(
         None, ge=1, description="low-rank-plus-ridge P of this rank (Woodbury; for large d); None = dense"
     )
 
 
 class Training(_Section):
-    learning_rate: float | Literal["auto"] = Field(
+    learning_rate: FiniteFloat | Literal["auto"] = Field(
         "auto", description="η; auto = 1 with P and exact gradients, else 0.5; 1/λmax(Σ) (oracle-tuned) without P"
     )
     gradient: Literal["full", "minibatch"] = "full"
-    noisy_targets: bool = Field(False, description="train on calibrated noisy targets")
-    local_steps: int = Field(0, ge=0, description="0 = send the gradient")
-    local_learning_rate: float | Literal["auto"] = Field(
+    noisy_targets: StrictBool = Field(False, description="train on calibrated noisy targets")
+    local_steps: StrictInt = Field(0, ge=0, description="0 = send the gradient")
+    local_learning_rate: FiniteFloat | Literal["auto"] = Field(
         "auto", description="clients' step in local steps; auto = 0.5 with P, 1/λmax(Σ) without"
     )
-    line_search_memory: int = Field(
+    line_search_memory: StrictInt = Field(
         20, ge=0, le=1000,
         description="with P and exact gradients, past steps the server minimises over and sizes its "
                     "step from (shared.secant); 0 = plain w − η·P·ḡ steps",
@@ -155,22 +194,22 @@ class Training(_Section):
     def _positive_rate(self) -> Training:
         for name in ("learning_rate", "local_learning_rate"):
             value = getattr(self, name)
-            if value != "auto" and not value > 0:
-                raise ValueError(f"training.{name}: must be > 0 or 'auto'")
+            if value != "auto" and not 0 < value <= RATE_MAX:
+                raise ValueError(f"training.{name}: must be in (0, {RATE_MAX:g}] or 'auto' (got {value!r})")
         return self
 
 
 class Stop(_Section):
-    max_rounds: int = Field(100, ge=1, le=10_000_000)
-    target: float = Field(1e-6, gt=0.0, lt=1.0, description="relative excess risk")
+    max_rounds: StrictInt = Field(100, ge=1, le=10_000_000)
+    target: FiniteFloat = Field(1e-6, gt=0.0, lt=1.0, description="relative excess risk")
 
 
 class Scenario(_Section):
     """A whole run: data, partition, clients, protocol, preconditioner, training, stop."""
 
-    name: str = "scenario"
+    name: FileName = "scenario"
     description: str = ""
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: StrictInt = Field(0, ge=0, lt=2**63)
     engine: Literal["inline", "simulation", "deployment"] = "inline"
     data: Data = Field(default_factory=Data)
     partition: Partition = Field(default_factory=Partition)
