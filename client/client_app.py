@@ -30,7 +30,7 @@ def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
 
 @lru_cache(maxsize=4)
 def gradient_oracle(dim: int) -> GradientOracle:
-    """The linear model's batched-gradient functions, built once per process."""
+    """The linear model's batched gradients (closed form), built once per process."""
     return GradientOracle(linear_model(dim))
 
 

@@ -1,11 +1,22 @@
-"""The client's model and gradients: a torch linear model, gradients by autograd.
+"""The client's model and gradients, in torch, batched over many mini-batches at once.
 
-Gradients of many mini-batches are computed in one call with torch.func
-(vmap over batches of grad of the batch loss), so a nonlinear model only needs
-a different ``torch.nn.Module`` — the protocol does not change.
+A model here is anything with ``gradients(w, X, y)``: the gradients of
+L_B(w) = ‖X_B w − y_B‖²/(2n) for a stack of b batches in one call.
+:class:`LinearModel` computes them in closed form (two batched matrix products);
+:class:`ModuleModel` takes any ``torch.nn.Module`` and differentiates it with
+torch.func (vmap of grad), so a nonlinear model slots in without changing the
+protocol. One call may hold one client's probe batches or a whole cohort's:
+the per-batch arithmetic is the same either way (see :func:`batched_matvec`),
+which is what keeps the per-message and cohort paths bit-identical.
+
+The random draws (which rows, which noise) are separate from the arithmetic:
+``*_draws`` functions consume a client's generator in a fixed order, so a
+cohort can draw client by client and then compute everything stacked.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,55 +29,130 @@ from shared.calibration import injected_variances
 torch.set_num_threads(1)
 
 
-def linear_model(dim: int) -> torch.nn.Module:
-    """y = xᵀw without intercept (data are centred), in float64."""
-    return torch.nn.Linear(dim, 1, bias=False, dtype=torch.float64)
+def batched_matvec(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A[i] @ v[i] for a stack: A (b, m, k), v (b, k) → (b, m).
+
+    One small GEMM per batch element, whose rounding depends only on (m, k):
+    the result for element i is the same whatever b is. torch routes a stack
+    of one to a different BLAS kernel, so b = 1 is computed as a stack of two.
+    """
+    if A.shape[0] == 1:
+        return batched_matvec(A.expand(2, -1, -1), v.expand(2, -1))[:1]
+    return torch.bmm(A, v.unsqueeze(-1)).squeeze(-1)
 
 
-class GradientOracle:
-    """Mini-batch gradients of L_B(w) = ‖X_B w − y_B‖²/(2n) for a torch module.
+class LinearModel:
+    """y = xᵀw without intercept (data are centred), in float64: gradients in closed form.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Maps (n, d) inputs to (n, 1) predictions; its parameters, flattened in
-        order, are the parameter vector w exchanged with the server.
+    dim : int
+        d, the number of features and parameters.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self._names = [name for name, _ in model.named_parameters()]
-        self._shapes = [p.shape for _, p in model.named_parameters()]
-        self._grad = grad(self._batch_loss)
-        self._batched = vmap(self._grad, in_dims=(None, 0, 0))
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
 
-    def _params(self, w: np.ndarray) -> dict[str, torch.Tensor]:
-        flat = torch.as_tensor(w, dtype=torch.float64)
+    def gradients(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """∇L_B at w for b batches: X (b, n, d), y (b, n), w (d,) or one per batch (b, d).
+
+        Returns (b, d): X_Bᵀ(X_B w − y_B)/n per batch.
+        """
+        Xt = torch.as_tensor(X, dtype=torch.float64)
+        wt = torch.as_tensor(w, dtype=torch.float64)
+        if wt.ndim == 1:
+            wt = wt.expand(Xt.shape[0], -1)
+        residual = batched_matvec(Xt, wt) - torch.as_tensor(y, dtype=torch.float64)
+        return (batched_matvec(Xt.transpose(1, 2), residual) / Xt.shape[1]).numpy()
+
+
+class ModuleModel:
+    """Any torch module mapping (n, d) inputs to (n, 1) predictions: gradients by autograd.
+
+    The module's parameters, flattened in order, are the vector w exchanged
+    with the server. One call differentiates all b batches together
+    (torch.func vmap over batches of grad of the batch loss).
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self._names = [name for name, _ in module.named_parameters()]
+        self._shapes = [p.shape for _, p in module.named_parameters()]
+        self._batched = vmap(grad(self._batch_loss), in_dims=(0, 0, 0))
+
+    def _params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0
         for name, shape in zip(self._names, self._shapes):
             size = int(np.prod(shape))
-            out[name] = flat[start : start + size].reshape(shape)
+            out[name] = flat[:, start : start + size].reshape(-1, *shape)
             start += size
         return out
 
     def _batch_loss(self, params, X, y):
-        pred = functional_call(self.model, params, (X,)).squeeze(-1)
+        pred = functional_call(self.module, params, (X,)).squeeze(-1)
         return 0.5 * torch.mean((pred - y) ** 2)
+
+    def gradients(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Same contract as :meth:`LinearModel.gradients`."""
+        flat = torch.as_tensor(w, dtype=torch.float64)
+        if flat.ndim == 1:
+            flat = flat.expand(len(X), -1)
+        g = self._batched(self._params(flat), torch.as_tensor(X), torch.as_tensor(y))
+        return torch.cat([g[n].reshape(len(X), -1) for n in self._names], dim=-1).numpy()
+
+
+def linear_model(dim: int) -> LinearModel:
+    """The model fedsigma's clients train: linear regression in closed form."""
+    return LinearModel(dim)
+
+
+class GradientOracle:
+    """Mini-batch gradients of a model: one batch or a stack of them.
+
+    Parameters
+    ----------
+    model : LinearModel or ModuleModel
+        Anything with ``gradients(w, X, y)`` as in :meth:`LinearModel.gradients`.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
 
     def gradient(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """∇L_B(w) of shape (d,) for one batch X (n, d), y (n,)."""
-        g = self._grad(self._params(w), torch.as_tensor(X), torch.as_tensor(y))
-        return _flatten(g, self._names)
+        return self.model.gradients(w, X[None], y[None])[0]
 
     def gradients(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Gradients of shape (b, d) for b batches X (b, n, d), y (b, n)."""
-        g = self._batched(self._params(w), torch.as_tensor(X), torch.as_tensor(y))
-        return _flatten(g, self._names, batched=True)
+        """Gradients of shape (b, d) for b batches X (b, n, d), y (b, n); w (d,) or (b, d)."""
+        return self.model.gradients(w, X, y)
 
 
-def _flatten(grads: dict[str, torch.Tensor], names: list[str], batched: bool = False) -> np.ndarray:
-    parts = [grads[n].reshape(grads[n].shape[0], -1) if batched else grads[n].reshape(-1) for n in names]
-    return torch.cat(parts, dim=-1).numpy()
+@dataclass(frozen=True)
+class ProbeDraws:
+    """One client's probe batches for one round: row indices (levels·k, n) and
+    target noise (levels·k, n), level-major."""
+
+    rows: np.ndarray
+    noise: np.ndarray
+
+
+def probe_draws(
+    local_rows: int, *, batch_size: int, probes: int, multipliers: list[float], natural_var: float,
+    rng: np.random.Generator,
+) -> ProbeDraws:
+    """Draw the probe batches: each an n-row sample without replacement from the N
+    local rows, with Gaussian target noise of its level's injected variance
+    (see :mod:`shared.calibration`)."""
+    inj = injected_variances(multipliers, batch_size, local_rows, natural_var)
+    idx = np.stack([rng.choice(local_rows, batch_size, replace=False) for _ in range(len(inj) * probes)])
+    noise = rng.standard_normal(idx.shape) * np.sqrt(np.repeat(inj, probes))[:, None]
+    return ProbeDraws(idx, noise)
+
+
+def probe_targets(y: np.ndarray, rows: np.ndarray, noise: np.ndarray, label_clip: float) -> np.ndarray:
+    """Noisy targets of probe batches: y[rows] (clipped to [−B, B] when B > 0) + noise."""
+    targets = np.clip(y[rows], -label_clip, label_clip) if label_clip > 0 else y[rows]
+    return targets + noise
 
 
 def probe_gradients(
@@ -84,19 +170,47 @@ def probe_gradients(
 ) -> np.ndarray:
     """Calibrated probe gradients of shape (levels, probes, d).
 
-    Each probe is an n-row batch drawn without replacement from the N local
-    rows, with fresh Gaussian noise of the level's injected variance added to
+    Each probe is an n-row batch drawn without replacement from the N
+    local rows, with fresh Gaussian noise of the level's injected variance added to
     its targets (see :mod:`shared.calibration`). ``label_clip`` = B > 0 clips
     the targets to [−B, B] first, which bounds what one label can change.
     """
-    rows = len(X)
-    inj = injected_variances(multipliers, batch_size, rows, natural_var)
-    levels = len(inj)
-    idx = np.stack([rng.choice(rows, batch_size, replace=False) for _ in range(levels * probes)])
-    noise = rng.standard_normal(idx.shape) * np.sqrt(np.repeat(inj, probes))[:, None]
-    targets = np.clip(y[idx], -label_clip, label_clip) if label_clip > 0 else y[idx]
-    grads = oracle.gradients(w, X[idx], targets + noise)
-    return grads.reshape(levels, probes, -1)
+    draws = probe_draws(
+        len(X), batch_size=batch_size, probes=probes, multipliers=multipliers, natural_var=natural_var, rng=rng
+    )
+    grads = oracle.gradients(w, X[draws.rows], probe_targets(y, draws.rows, draws.noise, label_clip))
+    return grads.reshape(len(multipliers), probes, -1)
+
+
+@dataclass(frozen=True)
+class TrainingDraws:
+    """One client's training batches for one round, one entry per gradient taken:
+    row indices (None = all local rows) and target noise (None = clean)."""
+
+    rows: list[np.ndarray | None]
+    noise: list[np.ndarray | None]
+
+
+def training_draws(
+    local_rows: int, *, kind: str, batch_size: int, noise_std: float, local_steps: int, rng: np.random.Generator
+) -> TrainingDraws:
+    """Draw the batches of :func:`training_direction` in the order it uses them:
+    per gradient, the rows (kind = "minibatch") then the target noise (noise_std > 0)."""
+    rows, noise = [], []
+    for _ in range(max(local_steps, 1)):
+        idx = None if kind == "full" else rng.choice(local_rows, batch_size, replace=False)
+        used = local_rows if idx is None else len(idx)
+        rows.append(idx)
+        noise.append(noise_std * rng.standard_normal(used) if noise_std > 0 else None)
+    return TrainingDraws(rows, noise)
+
+
+def local_step(local: np.ndarray, g: np.ndarray, local_lr: float, precond: np.ndarray | None) -> np.ndarray:
+    """w ← w − η_local·P·g for a stack of clients: local, g (c, d); P (d, d) or None (= I)."""
+    if precond is None:
+        return local - local_lr * g
+    P = torch.as_tensor(precond, dtype=torch.float64).expand(len(g), -1, -1)
+    return local - local_lr * batched_matvec(P, torch.as_tensor(g)).numpy()
 
 
 def training_direction(
@@ -120,18 +234,14 @@ def training_direction(
     steps w ← w − η_local·P·g from w, returning the update w_local − w.
     noise_std > 0 adds calibrated noise to the targets used.
     """
-
-    def one_gradient(at: np.ndarray) -> tuple[np.ndarray, int]:
-        idx = np.arange(len(X)) if kind == "full" else rng.choice(len(X), batch_size, replace=False)
-        targets = y[idx] + noise_std * rng.standard_normal(len(idx)) if noise_std > 0 else y[idx]
-        return oracle.gradient(at, X[idx], targets), len(idx)
-
-    if local_steps == 0:
-        return one_gradient(w)
-    P = np.eye(len(w)) if precond is None else precond
-    local, used = w.copy(), 0
-    for _ in range(local_steps):
-        g, rows = one_gradient(local)
-        local = local - local_lr * (P @ g)
-        used = max(used, rows)
-    return local - w, used
+    draws = training_draws(
+        len(X), kind=kind, batch_size=batch_size, noise_std=noise_std, local_steps=local_steps, rng=rng
+    )
+    local = w[None]
+    for idx, noise in zip(draws.rows, draws.noise):
+        Xb, yb = (X, y) if idx is None else (X[idx], y[idx])
+        g = oracle.gradients(local, Xb[None], (yb if noise is None else yb + noise)[None])
+        if local_steps == 0:
+            return g[0], len(Xb)
+        local = local_step(local, g, local_lr, precond)
+    return local[0] - w, len(X) if kind == "full" else batch_size
