@@ -8,6 +8,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.policy import enforce
 from client.task import GradientOracle, linear_model, probe_gradients, training_direction
 from scenarios.loader import scenario_from_run_config
 from scenarios.node_data import client_rows
@@ -15,7 +16,8 @@ from shared import protocol as p
 from shared.calibration import injected_variances
 from shared.threads import single_thread
 
-app = ClientApp()
+# The node's own policy (client/policy.py) checks every message before a handler runs.
+app = ClientApp(mods=[enforce])
 
 
 def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:

@@ -10,6 +10,7 @@ oracle metrics. Every other kind derives the shard from the scenario seed
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -72,8 +73,14 @@ def load_node_table(path: str, target: str, dim: int, batch_size: int) -> tuple[
     try:
         X, y, _ = datasets.load_csv(path, target)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        key = TARGET if "no column" in str(exc) else DATA_PATH
-        raise NodeDataError(f"node config {key}: {exc}") from None
+        # The reason goes to the server: name the key, never the file's contents (its
+        # header or a cell); the node's own log keeps the details.
+        logging.getLogger("flwr").error("node config %s: %s", DATA_PATH, exc)  # Flower's node log
+        if "no column" in str(exc):
+            raise NodeDataError(f"node config {TARGET}: {path} has no column {target!r}") from None
+        raise NodeDataError(
+            f"node config {DATA_PATH}: {path} is not a numeric CSV table with a header (details in the node's log)"
+        ) from None
     if X.shape[1] != dim:
         raise NodeDataError(
             f"node config {DATA_PATH}: {path} has {X.shape[1]} feature columns but the scenario's "

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from scenarios.schema import Scenario
 from server.build import oracle_for, strategy_for
 from server.partition_grid import PartitionGrid
+from server.privacy_ledger import PrivacyLedger
 from server.strategy import GradCovStrategy
 from shared import protocol as p
 from shared.metrics import sigma_relative_error, sigma_whitened_error
@@ -51,6 +52,7 @@ def run_federation(
         w = np.zeros(scenario.dim())
         arrays = ArrayRecord({p.WEIGHTS: Array(w)})
         writer = RoundsWriter(out_dir / "rounds.csv")
+        privacy = PrivacyLedger()
         last: dict = {}
         status = "max_rounds"
         reached = None
@@ -61,6 +63,7 @@ def run_federation(
                 replies = view.send_and_receive(
                     strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), view), timeout=timeout
                 )
+                privacy.observe(replies)
                 new, _ = strategy.aggregate_train(rnd, replies)
                 if new is not None:
                     arrays = new
@@ -97,6 +100,7 @@ def run_federation(
             writer.close()
             rates = {"learning_rate": lr, "local_learning_rate": local_lr}
             summary = _summary(scenario, engine, method, status, reached, last, rates, time.time() - started)
+            summary["privacy"] = privacy.summary()
             _save(out_dir, scenario, strategy, oracle, w, summary)
     return summary
 

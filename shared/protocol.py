@@ -41,9 +41,13 @@ HESSIAN = "hessian"  # only when SEND_HESSIAN is set: the Newton baseline, not G
 PARTITION_ID = "partition-id"
 NUM_EXAMPLES = "num-examples"  # rows behind the training contribution (Flower's weighting key)
 LOCAL_ROWS = "local-rows"  # N, for the finite-population factor
+# added by the node's policy (client/policy.py) to training replies: label μ-GDP
+MU_PROBE = "mu-probe"  # μ of this round's least-noisy probe (0 without probes)
+MU_SPENT = "mu-spent"  # μ of everything the node released in this run so far, √Σμ²
 
 REPLY_ARRAYS = frozenset({PROBE_GRADS, UPDATE})
 REPLY_COUNTS = frozenset({PARTITION_ID, NUM_EXAMPLES, LOCAL_ROWS})
+REPLY_PRIVACY = frozenset({MU_PROBE, MU_SPENT})
 
 # the start-up handshake (query.hello): which partition a node serves
 HELLO = "hello"

@@ -107,8 +107,9 @@ def test_client_replies_carry_only_the_protocol(differential, tmp_path):
         assert all(np.isfinite(a).all() for a in arrays.values()), where
 
         metrics = content.metric_records[p.METRICS]
-        assert set(metrics.keys()) == set(p.REPLY_COUNTS), where
-        assert all(_is_int(v) for v in metrics.values()), f"{where}: {dict(metrics)}"
+        assert set(metrics.keys()) == set(p.REPLY_COUNTS | p.REPLY_PRIVACY), where
+        assert all(_is_int(metrics[k]) for k in p.REPLY_COUNTS), f"{where}: {dict(metrics)}"
+        assert 0 < metrics[p.MU_PROBE] <= metrics[p.MU_SPENT] < float("inf"), f"{where}: {dict(metrics)}"
         assert metrics[p.PARTITION_ID] == pid
         assert metrics[p.LOCAL_ROWS] == len(fed.client(pid)[1])
 

@@ -138,7 +138,7 @@ def test_a_node_with_an_unusable_table_fails_clearly(nodes_dir, table, config, e
         client_rows(scenario, bad)
     run_config = run_config_for(scenario.model_dump_json(), str(nodes_dir / "out"), "inline")
     key = "target" if "node config target" in expected else "data-path"
-    with pytest.raises(RuntimeError, match=f"handshake failed: NodeDataError: node config {key}: .*"
+    with pytest.raises(RuntimeError, match=f"handshake failed: node config {key}: .*"
                                            + re.escape(expected.split(": ", 1)[-1])):
         run_inline(server_app, client_app, 2, run_config, [bad, good])
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.client_app import app as client_app
+from client.policy import settings_admitting
 from fedsigma.engines.deployment import Certificates, run_deployment
 from fedsigma.engines.inline import run_config_for, run_inline
 from fedsigma.engines.simulation import run_simulation
@@ -18,16 +19,20 @@ def run_engine(scenario, out: Path, method: str = "gradcov", deploy: DeployOptio
     """Run a validated scenario with one method on its engine; results land in ``out``."""
     deploy = deploy or DeployOptions()
     run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method)
+    # the nodes this process starts run with a policy that admits the scenario asked for
+    # (client/policy.py); SuperNodes someone else started keep their own node config
+    policy = settings_admitting(scenario, send_hessian=method == "newton")
+    configs = [{**config, **policy} for config in node_configs(scenario)]
     if scenario.engine == "inline":
-        run_inline(server_app, client_app, scenario.clients.count, run_config, node_configs(scenario))
+        run_inline(server_app, client_app, scenario.clients.count, run_config, configs)
     elif scenario.engine == "deployment":
         run_deployment(
-            node_configs(scenario), run_config, log_path=out / "flower.log", superlink=deploy.superlink,
+            configs, run_config, log_path=out / "flower.log", superlink=deploy.superlink,
             start_supernodes=not deploy.no_supernodes, tls=deploy.tls,
             certs=Certificates(deploy.certs) if deploy.certs else None,
         )
     else:
-        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log")
+        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log", node_settings=policy)
 
 
 @dataclass(frozen=True)

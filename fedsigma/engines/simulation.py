@@ -14,20 +14,26 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from client.policy import ENV_NODE_CONFIG
 from fedsigma.engines import processes as fp
 
 
-def run_simulation(num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0) -> None:
+def run_simulation(
+    num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0, node_settings: dict | None = None
+) -> None:
     """Run the ServerApp/ClientApp on Ray with ``num_nodes`` virtual SuperNodes.
 
     Flower's output goes to ``log_path``. Raises EngineError (with the log's
-    tail) if the run does not finish and write its summary.
+    tail) if the run does not finish and write its summary. ``node_settings``:
+    node config entries every virtual node gets (Flower gives them none of their
+    own), through the environment (client/policy.py, ``FEDSIGMA_NODE_CONFIG``).
     """
     out_dir = Path(run_config["out-dir"])
     with tempfile.TemporaryDirectory(prefix="fedsigma-sim-") as tmp, log_path.open("w") as log:
         tmp = Path(tmp)
         home = tmp / "home"
         env = fp.flower_env(home)
+        env[ENV_NODE_CONFIG] = json.dumps(node_settings or {})
         port = fp.free_port()
         fp.write_connection(home, f"127.0.0.1:{port}")
         app = fp.stage_app(tmp)
