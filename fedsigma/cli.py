@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +30,18 @@ DEFAULT_METHODS = (
     "fedadam", "fedyogi", "fedadagrad", "oracle", "newton",
 )
 EXIT_USAGE = 2
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C raises KeyboardInterrupt, so the
+    same clean-up runs: the round in flight is dropped, the summary and arrays of the
+    finished rounds are written and every process the run started is stopped."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the summary short
+    raise Terminated("SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,17 +50,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     err = Console(stderr=True)
+    # signal handlers can only be set from the main thread (a caller may run main() elsewhere)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         return args.func(args, console)
     except ScenarioError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
+    except Terminated:
+        where = getattr(args, "results", None)
+        err.print(f"[yellow]terminated[/] (SIGTERM): the summary and the rounds finished so far are kept"
+                  + (f" in {where}" if where else ""), highlight=False, soft_wrap=True)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: rounds finished so far are kept in the results folder")
         return 130
     except EngineError as exc:  # the run started but did not complete: say why, point at the log
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,6 +178,7 @@ def cmd_run(args, console: Console) -> int:
     if out.exists() and any(out.iterdir()):
         raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    args.results = out
     console.print(
         f"[bold]{scenario.name}[/] on the [bold]{scenario.engine}[/] engine: {scenario.clients.count} clients, "
         f"d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds → {out}",

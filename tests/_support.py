@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 
@@ -56,4 +57,21 @@ def live_processes_with_env(key: str, value: str) -> list[int]:
                     found.append(int(entry.name))
         except OSError:
             continue
+    return found
+
+
+def wait_for_deployment(out: Path, mark: str, processes: int, timeout: float = 60) -> list[int]:
+    """Wait until a deployment CLI run writing to ``out`` has submitted its run (its
+    flower.log shows ``$ flwr run``) and ``processes`` processes carry the marker
+    ``FEDSIGMA_TEST_RUN=mark`` (a SuperExec may start a moment after the submission);
+    return their PIDs."""
+    log = out / "flower.log"
+    deadline = time.monotonic() + timeout
+    while "$ flwr run " not in (log.read_text(errors="replace") if log.is_file() else ""):
+        assert time.monotonic() < deadline, "the run was never submitted"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 20
+    while len(found := live_processes_with_env("FEDSIGMA_TEST_RUN", mark)) < processes:
+        assert time.monotonic() < deadline, f"{len(found)} of {processes} processes started"
+        time.sleep(0.2)
     return found

@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _support import live_processes_with_env, rows_without_seconds
+from _support import live_processes_with_env, rows_without_seconds, wait_for_deployment
 
 from fedsigma.engines import processes as fp
 from fedsigma.cli import main
@@ -162,16 +161,8 @@ def test_ctrl_c_stops_every_process(tmp_path):
          *QUICK, "--set", "stop.max_rounds=40", "--set", "stop.target=1e-300"], env={**os.environ, MARK: mark}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while "$ flwr run " not in _read(out / "flower.log") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "$ flwr run " in _read(out / "flower.log"), "the run was never submitted"
-        # CLI, SuperLink + SuperExec, 3 × (SuperNode + SuperExec); a SuperExec may start a moment
-        # after the run is submitted, so wait for all of them before interrupting
-        started = time.monotonic() + 20
-        while len(live_processes_with_env(MARK, mark)) < 8 and time.monotonic() < started:
-            time.sleep(0.2)
-        assert len(live_processes_with_env(MARK, mark)) >= 8
+        # CLI, watchdog, SuperLink + SuperExec, 3 × (SuperNode + SuperExec)
+        wait_for_deployment(out, mark, 9)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=40)
     finally:
@@ -180,10 +171,6 @@ def test_ctrl_c_stops_every_process(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
     assert live_processes_with_env(MARK, mark) == []
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 @pytest.mark.timeout(90)

@@ -265,10 +265,8 @@ def _follow(run_id: int, env: dict, log, log_path: Path, ours: list[subprocess.P
     """Stream the run's logs into the log until it finishes; fail if it did not complete,
     if one of our processes died, or after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    stream = subprocess.Popen(
-        [fp.flower_command("flwr"), "log", str(run_id), fp.CONNECTION, "--stream"],
-        env=env, cwd=env["FLWR_HOME"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    stream = fp.start([fp.flower_command("flwr"), "log", str(run_id), fp.CONNECTION, "--stream"],
+                      env, log, cwd=Path(env["FLWR_HOME"]))
     status, next_poll = "", None
     try:
         while True:

@@ -118,8 +118,63 @@ def flower_command(name: str) -> str:
 
 
 def start(args: list[str], env: dict, log, cwd: Path | None = None) -> subprocess.Popen:
-    """Start a process in its own process group, output to ``log``."""
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    """Start a process in its own process group, output to ``log``; it and its
+    descendants are stopped by the watchdog if this process dies without stopping them."""
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    _watch(proc.pid)
+    return proc
+
+
+def run(args: list[str], env: dict, log, timeout: float, cwd: Path | None = None) -> int:
+    """:func:`start` a process and wait for it (at most ``timeout`` s, then stop it and
+    raise TimeoutExpired); return its exit code."""
+    proc = start(args, env, log, cwd=cwd)
+    try:
+        code = proc.wait(timeout=timeout)
+    except BaseException:  # timed out or interrupted: stop it and what it started
+        stop(proc)
+        raise
+    _unwatch([proc.pid])
+    return code
+
+
+_watchdog: subprocess.Popen | None = None
+
+
+def _watch(pid: int) -> None:
+    """Register a process with this process's watchdog (started on first use)."""
+    global _watchdog
+    if _watchdog is None or _watchdog.poll() is not None:
+        # its own session: Ctrl-C in the terminal reaches the CLI, not the watchdog
+        _watchdog = subprocess.Popen([sys.executable, "-m", "fedsigma.engines.watchdog"], stdin=subprocess.PIPE,
+                                     text=True, start_new_session=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                         [str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    _tell_watchdog(f"{pid} {start_time(pid)}")
+
+
+def _unwatch(pids: list[int]) -> None:
+    for pid in pids:
+        _tell_watchdog(f"-{pid}")
+
+
+def _tell_watchdog(line: str) -> None:
+    if _watchdog is None or _watchdog.poll() is not None:
+        return
+    try:
+        _watchdog.stdin.write(line + "\n")
+        _watchdog.stdin.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22), or None
+    if it is gone: with the PID, it names one process even after the PID is reused."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -149,17 +204,26 @@ def stop(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
 def stop_all(procs: list[subprocess.Popen | None], grace: float = 10.0) -> None:
     """:func:`stop` for several processes at once: one grace period, not one each."""
     procs = [proc for proc in procs if proc is not None]
+    _unwatch([proc.pid for proc in procs if proc.poll() is not None])  # exited already: its PID may be reused
+    procs = [proc for proc in procs if proc.returncode is None]
     if not procs:
         return
     tree = process_tree()
     pids = [pid for proc in procs for pid in (proc.pid, *descendants(proc.pid, tree))]
+    terminate(pids, grace, reap=procs)
+    _unwatch([proc.pid for proc in procs])
+
+
+def terminate(pids: list[int], grace: float, reap: list[subprocess.Popen] = ()) -> None:
+    """SIGTERM ``pids``, wait up to ``grace`` s for them to go, then SIGKILL what is left;
+    ``reap``: our own children among them, reaped so they do not linger as zombies."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        if _all_gone(procs, pids, wait):
+        if _all_gone(reap, pids, wait):
             return
 
 
@@ -190,7 +254,7 @@ def process_tree() -> dict[int, list[int]]:
     return children
 
 
-def _all_gone(procs: list[subprocess.Popen], pids: list[int], wait: float) -> bool:
+def _all_gone(procs, pids: list[int], wait: float) -> bool:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         for proc in procs:

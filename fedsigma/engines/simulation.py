@@ -10,7 +10,6 @@ SuperLink running.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -46,19 +45,19 @@ def run_simulation(
                 env, log,
             )
             fp.wait_for_port(port, superlink, 60, "flower-superlink")
-            done = subprocess.run(
+            code = fp.run(
                 [fp.flower_command("flwr"), "run", str(app), fp.CONNECTION, "--stream",
                  "--run-config", str(config_file),
                  "--federation-config", f"num-supernodes={num_nodes} client-resources-num-cpus=1"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=tmp,
+                env, log, timeout=timeout, cwd=tmp,
             )
         finally:
             fp.stop(superlink)
         log.flush()
         summary = out_dir / "summary.json"
-        if done.returncode != 0 or not summary.is_file():
+        if code != 0 or not summary.is_file():
             raise fp.EngineError(
-                f"simulation failed (flwr run exit {done.returncode}); log {log_path}:\n{fp.log_tail(log_path)}"
+                f"simulation failed (flwr run exit {code}); log {log_path}:\n{fp.log_tail(log_path)}"
             )
         status = json.loads(summary.read_text()).get("status", "")
         if status.startswith("error"):
