@@ -8,6 +8,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.fednl import fednl_reply
 from client.policy import enforce
 from client.task import GradientOracle, linear_model, probe_gradients, training_direction
 from scenarios.loader import scenario_from_run_config
@@ -47,8 +48,11 @@ def hello(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """GradCov round (default), or FedAvg-style local training for Flower's strategies."""
-    if str(msg.content[p.CONFIG].get(p.MODE, p.MODE_GRADCOV)) == p.MODE_LOCAL:
+    mode = str(msg.content[p.CONFIG].get(p.MODE, p.MODE_GRADCOV))
+    if mode == p.MODE_LOCAL:
         return local_training(msg, context)
+    if mode == p.MODE_FEDNL:
+        return fednl_round(msg, context)
     return gradcov_round(msg, context)
 
 
@@ -74,6 +78,24 @@ def local_training(msg: Message, context: Context) -> Message:
             p.METRICS: MetricRecord({p.PARTITION_ID: pid, p.NUM_EXAMPLES: used}),
         }
     )
+    return Message(reply, reply_to=msg)
+
+
+def fednl_round(msg: Message, context: Context) -> Message:
+    """FedNL: a compressed step of Hessian learning and the shifted point (client.fednl);
+    the Hessian estimate H_i stays in this node's state between rounds."""
+    X, y, pid, _ = local_data(context)
+    cfg = msg.content[p.CONFIG]
+    w = msg.content[p.ARRAYS][p.WEIGHTS].numpy()
+    estimate = context.state[p.MODE_FEDNL]["H"].numpy() if p.MODE_FEDNL in context.state else None
+    with single_thread():
+        arrays, new = fednl_reply(X, y, w, estimate, str(cfg[p.FEDNL_COMPRESSOR]), int(cfg[p.FEDNL_LEVEL]),
+                                  float(cfg[p.FEDNL_ALPHA]))
+    context.state[p.MODE_FEDNL] = ArrayRecord({"H": Array(new)})
+    reply = RecordDict({
+        p.ARRAYS: ArrayRecord({key: Array(value) for key, value in arrays.items()}),
+        p.METRICS: MetricRecord({p.PARTITION_ID: pid, p.NUM_EXAMPLES: len(X), p.LOCAL_ROWS: len(X)}),
+    })
     return Message(reply, reply_to=msg)
 
 

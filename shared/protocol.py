@@ -20,6 +20,10 @@ PRECONDITIONER = "P"
 MODE = "mode"  # what the client computes: MODE_GRADCOV (default) or MODE_LOCAL
 MODE_GRADCOV = "gradcov"  # probes + training gradient/update (GradCovStrategy)
 MODE_LOCAL = "local"  # FedAvg-style local training, new weights back (Flower's strategies)
+MODE_FEDNL = "fednl"  # FedNL's compressed Hessian learning (server.fednl, client.fednl)
+FEDNL_COMPRESSOR = "fednl-compressor"  # "rank" or "topk"
+FEDNL_LEVEL = "fednl-level"  # R or K
+FEDNL_ALPHA = "fednl-alpha"  # Hessian learning rate
 SEND_HESSIAN = "send-hessian"  # the Newton baseline asks for XᵀX/N once
 ROUND = "server-round"
 BATCH_SIZE = "batch-size"
@@ -36,6 +40,9 @@ LOCAL_LR = "local-lr"
 PROBE_GRADS = "probes"
 UPDATE = "update"
 HESSIAN = "hessian"  # only when SEND_HESSIAN is set: the Newton baseline, not GradCov
+FEDNL_PREFIX = "fednl-c-"  # FedNL's compressed correction: fednl-c-values + -vectors (rank) or -index + -values (topk)
+FEDNL_SHIFTED = "fednl-shifted"  # g_i = (H_i + l_i·I)·w − ∇f_i(w), (d,)
+FEDNL_DISTANCE = "fednl-distance"  # l_i = ‖H_i − ∇²f_i‖_F, (1,)
 
 # client → server counts
 PARTITION_ID = "partition-id"
