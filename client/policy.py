@@ -17,7 +17,8 @@ node config key        default    refuses / enforces
 ``max-probes``         4096       more probe batches per noise level and round
 ``max-probe-mib``      512        probe batches whose rows would take more memory
 ``max-local-steps``    100        more local steps per round
-``allow-hessian``      false      ``send-hessian`` (XᵀX/N exactly)
+``allow-hessian``      false      ``send-hessian`` (XᵀX/N exactly) and FedNL's
+                                  compressed Hessian corrections
 ``mu-budget``          inf        a round that would take the node's μ past it
 ``data-files``         ""         files named in the run config that this node may
                                   read (``os.pathsep``-separated); its own
@@ -202,6 +203,8 @@ def check_round(policy: NodePolicy, cfg: ConfigRecord, local_rows: int | None = 
         raise PolicyError(f"node policy max-local-steps: {steps} local steps > {policy.max_local_steps}")
     if bool(cfg.get(p.SEND_HESSIAN, False)) and not policy.allow_hessian:
         raise PolicyError("node policy allow-hessian: this node does not send XᵀX/N (send-hessian refused)")
+    if mode == p.MODE_FEDNL and not policy.allow_hessian:  # compressed XᵀX/N, all of it within d rounds
+        raise PolicyError("node policy allow-hessian: this node does not send Hessian corrections (FedNL refused)")
     if probes <= 0:
         return 0.0
     if probes > policy.max_probes:

@@ -21,7 +21,7 @@ def run_engine(scenario, out: Path, method: str = "gradcov", deploy: DeployOptio
     run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method)
     # the nodes this process starts run with a policy that admits the scenario asked for
     # (client/policy.py); SuperNodes someone else started keep their own node config
-    policy = settings_admitting(scenario, send_hessian=method == "newton")
+    policy = settings_admitting(scenario, send_hessian=method in ("newton", "fednl"))
     configs = [{**config, **policy} for config in node_configs(scenario)]
     if scenario.engine == "inline":
         run_inline(server_app, client_app, scenario.clients.count, run_config, configs)
