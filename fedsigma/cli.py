@@ -21,7 +21,9 @@ from fedsigma.engines.processes import EngineError
 from fedsigma.experiments.compare import compare
 from fedsigma.experiments.reproduce import reproduce
 from fedsigma.progress import RoundsProgress
-from scenarios.loader import ScenarioError, bundled_names, load_scenario
+from scenarios.loader import ScenarioError, apply_override, bundled_names, load_scenario, validate
+from scenarios.schema import Scenario
+from server import checkpoint
 from server.build import GRADCOV_VARIANTS, resolve_learning_rates
 
 ENGINES = ("inline", "simulation", "deployment")
@@ -30,6 +32,7 @@ DEFAULT_METHODS = (
     "fedadam", "fedyogi", "fedadagrad", "oracle", "newton",
 )
 EXIT_USAGE = 2
+FINISHED = ("target", "max_rounds", "diverged")  # summary.json statuses of a run that ended by itself
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         where = getattr(args, "results", None)
         err.print(f"[yellow]terminated[/] (SIGTERM): the summary and the rounds finished so far are kept"
-                  + (f" in {where}" if where else ""), highlight=False, soft_wrap=True)
+                  + (f" in {where}; continue with `fedsigma run --resume {where}`" if where else ""),
+                  highlight=False, soft_wrap=True)
         return EXIT_SIGTERM
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: rounds finished so far are kept in the results folder")
@@ -85,13 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedsigma {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario and write its results folder")
-    run.add_argument("scenario", help="a scenario .toml file or a bundled name: " + ", ".join(bundled_names()))
+    run.add_argument("scenario", nargs="?",
+                     help="a scenario .toml file or a bundled name: " + ", ".join(bundled_names()))
     run.add_argument("--engine", choices=ENGINES, help="override the scenario's engine (default: inline)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set protocol.batch_size=128 (repeatable)")
     run.add_argument("--out", type=Path, help="results folder (default: runs/<scenario>-<timestamp>/)")
-    run.add_argument("--method", default="gradcov", choices=DEFAULT_METHODS,
+    run.add_argument("--method", choices=DEFAULT_METHODS,
                      help="the server's method (default gradcov); see `fedsigma compare`")
+    run.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue the interrupted run in DIR from its last checkpoint (same code, scenario "
+                          "and method; numbers as if never interrupted)")
     dep = run.add_argument_group("deployment engine")
     dep.add_argument("--superlink", metavar="HOST:PORT",
                      help="use this running SuperLink instead of starting one on 127.0.0.1")
@@ -166,26 +174,30 @@ def cmd_show(args, console: Console) -> int:
 
 
 def cmd_run(args, console: Console) -> int:
-    # a variant's own settings first (gradcov-uncalibrated: c = 0), so the user's --set wins
-    overrides = [*GRADCOV_VARIANTS.get(args.method, []), *args.overrides]
-    if args.engine:
-        overrides.append(f'engine="{args.engine}"')
-    scenario = load_scenario(args.scenario, overrides)
+    if args.resume is not None:
+        scenario, method, out, done = resume_target(args)
+    else:
+        if args.scenario is None:
+            raise ScenarioError("scenario: name one (`fedsigma list` shows the bundled ones) or give --resume DIR")
+        method = args.method or "gradcov"
+        scenario = load_scenario(args.scenario, run_overrides(args, method))
+        out, done = (args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve(), 0
     deploy = deployment_options(args, scenario)
     preflight(scenario, deploy)
-    out = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = out.resolve()
-    if out.exists() and any(out.iterdir()):
-        raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if args.resume is None:
+        if out.exists() and any(out.iterdir()):
+            raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder "
+                                "(or continue an interrupted run there with --resume)")
+        out.mkdir(parents=True, exist_ok=True)
     args.results = out
     console.print(
         f"[bold]{scenario.name}[/] on the [bold]{scenario.engine}[/] engine: {scenario.clients.count} clients, "
-        f"d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds → {out}",
+        f"d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds"
+        + (f", resumed after round {done}" if args.resume is not None else "") + f" → {out}",
         highlight=False,
     )
     with RoundsProgress(out / "rounds.csv", scenario.stop.max_rounds, console):
-        run_engine(scenario, out, method=args.method, deploy=deploy)
+        run_engine(scenario, out, method=method, deploy=deploy, resume=args.resume is not None)
     if not (out / "summary.json").is_file():  # a remote SuperLink: its ServerApp wrote the folder
         console.print(f"run finished; the ServerApp wrote its results folder {deploy.out_dir(out)} "
                       "relative to its own working directory", highlight=False)
@@ -193,6 +205,43 @@ def cmd_run(args, console: Console) -> int:
     summary = json.loads((out / "summary.json").read_text())
     print_summary(summary, out, console)
     return 0
+
+
+def run_overrides(args, method: str) -> list[str]:
+    """The scenario overrides of ``run``: the method variant's own settings first
+    (gradcov-uncalibrated: c = 0), so the user's --set wins, then --engine."""
+    overrides = [*GRADCOV_VARIANTS.get(method, []), *args.overrides]
+    return overrides + ([f'engine="{args.engine}"'] if args.engine else [])
+
+
+def resume_target(args) -> tuple[Scenario, str, Path, int]:
+    """(scenario, method, folder, rounds done) of ``run --resume DIR``, checked: a
+    checkpoint there, a run that has not finished, the code, scenario and method
+    that wrote it (a scenario or --set given as well must agree; --engine may differ)."""
+    out = args.resume.resolve()
+    if args.out is not None and args.out.resolve() != out:
+        raise ScenarioError(f"--out: a resumed run continues in its own folder {out}; leave --out out")
+    try:
+        meta = checkpoint.read_meta(out)
+    except checkpoint.CheckpointError as exc:
+        raise ScenarioError(f"--resume: {exc}") from None
+    summary = out / "summary.json"
+    status = json.loads(summary.read_text()).get("status", "") if summary.is_file() else ""
+    if status in FINISHED:
+        raise ScenarioError(f"--resume: the run in {out} has finished ({status}); start a new one with --out")
+    method = args.method or meta["method"]
+    if args.scenario is not None:
+        scenario = load_scenario(args.scenario, run_overrides(args, method))
+    else:
+        raw = json.loads(meta["scenario"])
+        for item in run_overrides(args, method)[len(GRADCOV_VARIANTS.get(method, [])):]:
+            apply_override(raw, item)
+        scenario = validate(raw, f"the checkpoint in {out}")
+    try:
+        checkpoint.check(meta, scenario.model_dump_json(), method)
+    except checkpoint.CheckpointError as exc:
+        raise ScenarioError(f"--resume: {exc}") from None
+    return scenario, method, out, int(meta["round"])
 
 
 def deployment_options(args, scenario) -> DeployOptions:

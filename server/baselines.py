@@ -50,6 +50,7 @@ class NewtonStrategy(GradCovStrategy):
         self._rows = 0
         self._rows_in_use = 0
         self._asked: set[int] = set()
+        self._counted: set[int] = set()  # partitions whose Hessian is in the sum
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
         if node in self._asked:
@@ -61,7 +62,10 @@ class NewtonStrategy(GradCovStrategy):
 
     def absorb(self, reply: Message) -> None:
         arrays = reply.content[p.ARRAYS]
-        if p.HESSIAN in arrays:
+        partition = int(reply.content[p.METRICS][p.PARTITION_ID])
+        # once per partition: a node back under a new id (a restart, a resumed run) is asked again
+        if p.HESSIAN in arrays and partition not in self._counted:
+            self._counted.add(partition)
             rows = int(reply.content[p.METRICS][p.LOCAL_ROWS])
             self._hessian_sum += rows * arrays[p.HESSIAN].numpy()
             self._rows += rows

@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from scenarios.schema import Scenario
+from server import checkpoint
 from server.build import oracle_for, strategy_for
 from server.partition_grid import PartitionGrid
 from server.privacy_ledger import PrivacyLedger
@@ -32,14 +33,17 @@ DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not comi
 
 
 def run_federation(
-    grid: Grid, scenario: Scenario, out_dir: Path, engine: str, method: str = "gradcov", timeout: float = 600.0
+    grid: Grid, scenario: Scenario, out_dir: Path, engine: str, method: str = "gradcov", timeout: float = 600.0,
+    resume: bool = False,
 ) -> dict:
     """Run a scenario with one method (see server.build.METHODS) until the target
     or the round budget; write results.
 
-    Writes rounds.csv (row by row), then summary.json, sigma_hat.npy,
-    sigma_true.npy, w.npy and convergence.png — also when a round fails, so
-    nothing finished is lost. Returns the summary.
+    Writes rounds.csv (row by row) and a checkpoint after every round
+    (server.checkpoint), then summary.json, sigma_hat.npy, sigma_true.npy, w.npy
+    and convergence.png — also when a round fails, so nothing finished is lost.
+    ``resume``: continue from the checkpoint in ``out_dir`` (the same numbers as a
+    run that was never interrupted). Returns the summary.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -51,13 +55,26 @@ def run_federation(
         view = PartitionGrid(grid, scenario.clients.count, timeout=timeout)
         w = np.zeros(scenario.dim())
         arrays = ArrayRecord({p.WEIGHTS: Array(w)})
-        writer = RoundsWriter(out_dir / "rounds.csv")
         privacy = PrivacyLedger()
-        last: dict = {}
+        rows: list[dict] = []
+        meta = {"scenario": scenario.model_dump_json(), "method": method, "code": checkpoint.code_fingerprint()}
+        if resume:
+            _, state = checkpoint.load(out_dir, meta["scenario"], method)
+            strategy, privacy, rows = state["strategy"], state["privacy"], state["rows"]
+            arrays = ArrayRecord({key: Array(value) for key, value in state["arrays"].items()})
+            w = arrays[p.WEIGHTS].numpy()
+            random.setstate(state["random"])
+            view.bytes_up, view.bytes_down, view.failed = state["counters"]
+            started -= state["seconds"]
+            forget_clients = getattr(strategy, "clients_restarted", None)
+            if forget_clients:  # new client processes: what they were sent earlier is gone
+                forget_clients()
+        writer = RoundsWriter(out_dir / "rounds.csv", rows)
+        last: dict = rows[-1] if rows else {}
         status = "max_rounds"
         reached = None
         try:
-            for rnd in range(1, scenario.stop.max_rounds + 1):
+            for rnd in range(len(rows) + 1, scenario.stop.max_rounds + 1):
                 t0 = time.perf_counter()
                 failed_before = view.failed
                 replies = view.send_and_receive(
@@ -86,6 +103,13 @@ def run_federation(
                     "seconds": round(time.perf_counter() - t0, 6),
                 }
                 writer.write(last)
+                rows.append(last)
+                state = {
+                    "arrays": {key: array.numpy() for key, array in arrays.items()}, "strategy": strategy,
+                    "privacy": privacy, "rows": rows, "random": random.getstate(),
+                    "counters": (view.bytes_up, view.bytes_down, view.failed), "seconds": time.time() - started,
+                }
+                checkpoint.save(out_dir, {"round": rnd, **meta}, state)
                 risk = last["excess_risk"]
                 if not np.isfinite(w).all() or (risk is not None and (not math.isfinite(risk) or risk > DIVERGED)):
                     status = "diverged"

@@ -26,7 +26,8 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = out_dir.resolve()
     log(INFO, "fedsigma: scenario %s, results → %s", scenario.name, out_dir)
     summary = run_federation(
-        grid, scenario, out_dir, engine=str(cfg.get("engine", "flwr-run")), method=str(cfg.get("method", "gradcov"))
+        grid, scenario, out_dir, engine=str(cfg.get("engine", "flwr-run")), method=str(cfg.get("method", "gradcov")),
+        resume=bool(cfg.get("resume", False)),
     )
     log(INFO, "fedsigma: %s after %s rounds (target reached in %s)", summary["status"],
         summary["rounds_run"], summary["rounds_to_target"])

@@ -175,6 +175,11 @@ class GradCovStrategy(Strategy):
         """True until the first (Σ̂ + λI)⁻¹ refresh."""
         return self.precondition and self.refreshed_at is None
 
+    def clients_restarted(self) -> None:
+        """Forget which nodes hold the current P: after a resume their processes are new
+        (context.state is gone), so P goes out again with the next message to each."""
+        self._sent.clear()
+
     def summary(self) -> None:
         """Log the configuration."""
         log(INFO, "\t├──> GradCov: n=%d, probes=%d, levels=%s, η=%g", self.batch_size,

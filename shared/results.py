@@ -27,13 +27,22 @@ COLUMNS = (
 class RoundsWriter:
     """Appends one row per round to ``rounds.csv`` and flushes it at once,
     so an interrupted run keeps every finished round. Unknown values (None or
-    NaN) are written as empty cells."""
+    NaN) are written as empty cells.
 
-    def __init__(self, path: Path) -> None:
+    Parameters
+    ----------
+    path : Path
+    rows : list of dict, optional
+        Rows written first (a resumed run's rounds so far, from its checkpoint).
+    """
+
+    def __init__(self, path: Path, rows: list[dict] = ()) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = path.open("w", newline="")
         self._writer = csv.DictWriter(self._handle, fieldnames=COLUMNS)
         self._writer.writeheader()
+        for row in rows:
+            self._writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
         self._handle.flush()
 
     def write(self, row: dict) -> None:

@@ -15,10 +15,13 @@ from scenarios.node_data import node_configs
 from server.server_app import app as server_app
 
 
-def run_engine(scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None) -> None:
-    """Run a validated scenario with one method on its engine; results land in ``out``."""
+def run_engine(
+    scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None, resume: bool = False
+) -> None:
+    """Run a validated scenario with one method on its engine; results land in ``out``.
+    ``resume``: continue the run whose checkpoint is in ``out`` (server.checkpoint)."""
     deploy = deploy or DeployOptions()
-    run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method)
+    run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method, resume)
     # the nodes this process starts run with a policy that admits the scenario asked for
     # (client/policy.py); SuperNodes someone else started keep their own node config
     policy = settings_admitting(scenario, send_hessian=method in ("newton", "fednl"))

@@ -110,7 +110,10 @@ def run_inline(
     server_app(grid, context)
 
 
-def run_config_for(scenario_json: str, out_dir: str, engine: str, method: str = "gradcov") -> dict:
+def run_config_for(
+    scenario_json: str, out_dir: str, engine: str, method: str = "gradcov", resume: bool = False
+) -> dict:
     """The run config the CLI hands to every engine (values are TOML scalars)."""
     json.loads(scenario_json)  # fail here, not in a worker, if it is not JSON
-    return {"scenario": "", "scenario-json": scenario_json, "out-dir": out_dir, "engine": engine, "method": method}
+    return {"scenario": "", "scenario-json": scenario_json, "out-dir": out_dir, "engine": engine, "method": method,
+            "resume": resume}

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-PACKAGES = ("shared", "server", "client", "scenarios")
+from server.checkpoint import APP_PACKAGES as PACKAGES
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: fedsigma/engines/processes.py
 CONNECTION = "fedsigma"
 
@@ -44,6 +45,7 @@ scenario-json = ""
 out-dir = ""
 engine = "flwr-run"
 method = "gradcov"
+resume = false
 """
 
 
