@@ -16,6 +16,8 @@ from pathlib import Path
 from client.policy import ENV_NODE_CONFIG
 from fedsigma.engines import processes as fp
 
+RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+
 
 def run_simulation(
     num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0, node_settings: dict | None = None
@@ -33,6 +35,10 @@ def run_simulation(
         home = tmp / "home"
         env = fp.flower_env(home)
         env[ENV_NODE_CONFIG] = json.dumps(node_settings or {})
+        # Ray's own switch for a single-machine cluster: its node address becomes the
+        # loopback one, so the raylet, GCS and workers listen on 127.0.0.1 only (on Linux
+        # Ray otherwise takes the machine's network address and listens on every interface)
+        env[RAY_SINGLE_MACHINE] = "0"
         port = fp.free_port()
         fp.write_connection(home, f"127.0.0.1:{port}")
         app = fp.stage_app(tmp)
