@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -20,8 +21,10 @@ from fedsigma.engines.dispatch import DeployOptions, run_engine
 from fedsigma.engines.processes import EngineError
 from fedsigma.experiments.compare import compare
 from fedsigma.experiments.reproduce import reproduce
+from fedsigma.outdir import check_out, results_folder
 from fedsigma.progress import RoundsProgress
 from scenarios.loader import ScenarioError, apply_override, bundled_names, load_scenario, validate
+from scenarios.resources import check_resources, describe_estimate
 from scenarios.schema import Scenario
 from server import checkpoint
 from server.build import GRADCOV_VARIANTS, resolve_learning_rates
@@ -31,7 +34,10 @@ DEFAULT_METHODS = (
     "gradcov", "gradcov-uncalibrated", "gradcov-differential", "fedsgd", "fedavg",
     "fedadam", "fedyogi", "fedadagrad", "oracle", "newton",
 )
-EXIT_USAGE = 2
+# Exit codes (README "Exit codes and limits"): 0 the run finished (target reached or round
+# budget spent); 1 it started but failed: diverged, every client failed, an engine error;
+# 2 bad input, refused before any folder or process exists; 130 interrupted; 143 SIGTERM.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FINISHED = ("target", "max_rounds", "diverged")  # summary.json statuses of a run that ended by itself
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
@@ -51,14 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    console = Console(stderr=False)
-    err = Console(stderr=True)
+    # emoji=False: ":x:" in a path or a value stays ":x:"; every message is escaped for markup
+    console = Console(stderr=False, emoji=False)
+    err = Console(stderr=True, emoji=False)
     # signal handlers can only be set from the main thread (a caller may run main() elsewhere)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         return args.func(args, console)
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        print_error(err, str(exc))
         return EXIT_USAGE
     except Terminated:
         where = getattr(args, "results", None)
@@ -68,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SIGTERM
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: rounds finished so far are kept in the results folder")
-        return 130
-    except EngineError as exc:  # the run started but did not complete: say why, point at the log
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 1
+        return EXIT_INTERRUPTED
+    except (EngineError, RunFailed) as exc:  # the run started but did not complete: say why
+        print_error(err, str(exc))
+        return EXIT_FAILED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -79,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+class RunFailed(RuntimeError):
+    """The run started and ended badly (diverged, every client failed); str() is one line."""
+
+
+def print_error(err: Console, message: str) -> None:
+    """``error: message`` on stderr, the message's first line verbatim (no markup, no emoji)."""
+    first, *rest = message.splitlines() or [""]
+    err.print(f"[bold red]error:[/] {escape(first)}", highlight=False, soft_wrap=True)
+    for line in rest:  # an engine's log tail: context after the one error line
+        err.print(escape(line), highlight=False, soft_wrap=True, style="dim")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,8 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=cmd_compare)
     rep = sub.add_parser("reproduce", help="test the paper's claims: figures, report.md and a verdict per claim")
     rep.add_argument("--quick", action="store_true", help="small settings that finish within 2 minutes (CI)")
-    rep.add_argument("--out", type=Path, default=Path("reproduce"), help="report folder (default: reproduce/)")
+    rep.add_argument("--out", type=Path, help="report folder (default: runs/reproduce-<timestamp>/); must be new or empty")
     rep.set_defaults(func=cmd_reproduce)
+    est = sub.add_parser("estimate", help="the memory and time a scenario needs, term by term, and this machine's limit")
+    est.add_argument("scenario")
+    est.add_argument("--engine", choices=ENGINES)
+    est.add_argument("--method", default="gradcov", choices=DEFAULT_METHODS)
+    est.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    est.set_defaults(func=cmd_estimate)
     lst = sub.add_parser("list", help="list the bundled scenarios")
     lst.set_defaults(func=cmd_list)
     return parser
@@ -145,12 +170,12 @@ def cmd_list(args, console: Console) -> int:
 def cmd_compare(args, console: Console) -> int:
     overrides = list(args.overrides) + ([f'engine="{args.engine}"'] if args.engine else [])
     name = Path(args.scenario).stem
-    out = (args.out or Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists() and any(out.iterdir()):
-        raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder")
+    out = check_out(args.out or Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.max_rounds is not None and args.max_rounds < 1:
         raise ScenarioError("--max-rounds: must be ≥ 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ScenarioError(f"--methods: no method in {args.methods!r}; e.g. --methods gradcov,fedavg")
     try:
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     except ValueError:
@@ -159,12 +184,24 @@ def cmd_compare(args, console: Console) -> int:
     if any(not 0 <= sd < 2**63 for sd in seeds):
         raise ScenarioError("--seeds: every seed must be in [0, 2^63)")
     compare(args.scenario, methods, overrides, out, console, max_rounds=args.max_rounds, seeds=seeds)
-    console.print(f"comparison.csv, comparison.png and every run's folder → {out}", highlight=False)
+    console.print(f"comparison.csv, comparison.png and every run's folder → {escape(str(out))}", highlight=False)
     return 0
 
 
 def cmd_reproduce(args, console: Console) -> int:
-    return reproduce(quick=args.quick, out=args.out.resolve(), console=console)
+    out = args.out or Path("runs") / f"reproduce-{time.strftime('%Y%m%d-%H%M%S')}"
+    with results_folder(out) as out:
+        return reproduce(quick=args.quick, out=out, console=console)
+
+
+def cmd_estimate(args, console: Console) -> int:
+    overrides = [*GRADCOV_VARIANTS.get(args.method, []), *args.overrides]
+    if args.engine:
+        overrides.append(f'engine="{args.engine}"')
+    scenario = load_scenario(args.scenario, overrides)
+    console.print(escape(describe_estimate(scenario, args.method)), highlight=False)
+    check_resources(scenario, args.method)
+    return 0
 
 
 def cmd_show(args, console: Console) -> int:
@@ -181,30 +218,43 @@ def cmd_run(args, console: Console) -> int:
             raise ScenarioError("scenario: name one (`fedsigma list` shows the bundled ones) or give --resume DIR")
         method = args.method or "gradcov"
         scenario = load_scenario(args.scenario, run_overrides(args, method))
-        out, done = (args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve(), 0
+        out, done = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}", 0
     deploy = deployment_options(args, scenario)
-    preflight(scenario, deploy)
-    if args.resume is None:
-        if out.exists() and any(out.iterdir()):
-            raise ScenarioError(f"--out: {out} already holds files; choose an empty or new folder "
-                                "(or continue an interrupted run there with --resume)")
-        out.mkdir(parents=True, exist_ok=True)
-    args.results = out
-    console.print(
-        f"[bold]{scenario.name}[/] on the [bold]{scenario.engine}[/] engine: {scenario.clients.count} clients, "
-        f"d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds"
-        + (f", resumed after round {done}" if args.resume is not None else "") + f" → {out}",
-        highlight=False,
-    )
-    with RoundsProgress(out / "rounds.csv", scenario.stop.max_rounds, console):
-        run_engine(scenario, out, method=method, deploy=deploy, resume=args.resume is not None)
-    if not (out / "summary.json").is_file():  # a remote SuperLink: its ServerApp wrote the folder
-        console.print(f"run finished; the ServerApp wrote its results folder {deploy.out_dir(out)} "
-                      "relative to its own working directory", highlight=False)
-        return 0
-    summary = json.loads((out / "summary.json").read_text())
-    print_summary(summary, out, console)
-    return 0
+    preflight(scenario, deploy, method)
+    check_resources(scenario, method)  # before any folder, process or Ray cluster
+    # a new run's folder is created now and removed if no round ran; a resumed run reuses its own
+    folder = contextlib.nullcontext(out) if args.resume is not None else results_folder(
+        out, hint="or continue an interrupted run there with --resume")
+    with folder as out:
+        args.results = out
+        console.print(
+            f"[bold]{escape(scenario.name)}[/] on the [bold]{scenario.engine}[/] engine: "
+            f"{scenario.clients.count} clients, d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds"
+            + (f", resumed after round {done}" if args.resume is not None else "") + f" → {escape(str(out))}",
+            highlight=False,
+        )
+        with RoundsProgress(out / "rounds.csv", scenario.stop.max_rounds, console):
+            run_engine(scenario, out, method=method, deploy=deploy, resume=args.resume is not None)
+        if not (out / "summary.json").is_file():  # a remote SuperLink: its ServerApp wrote the folder
+            console.print(f"run finished; the ServerApp wrote its results folder {escape(deploy.out_dir(out))} "
+                          "relative to its own working directory", highlight=False)
+            return EXIT_OK
+        summary = json.loads((out / "summary.json").read_text())
+        print_summary(summary, out, console)
+        check_status(summary)
+    return EXIT_OK
+
+
+def check_status(summary: dict) -> None:
+    """Raise RunFailed (exit 1) with the status line if the run diverged or failed."""
+    status = str(summary.get("status", ""))
+    if status == "diverged":
+        risk = summary.get("final", {}).get("excess_risk")
+        shown = f" (excess risk {risk:.3g})" if isinstance(risk, (int, float)) else ""
+        raise RunFailed(f"status diverged: round {summary.get('rounds_run')}{shown}; "
+                        "lower training.learning_rate or training.local_learning_rate")
+    if status.startswith(("error", "clients failed")):
+        raise RunFailed(f"status {status}")
 
 
 def run_overrides(args, method: str) -> list[str]:
@@ -289,7 +339,7 @@ def print_summary(summary: dict, out: Path, console: Console) -> None:
     final = summary.get("final", {})
     table = Table(show_header=False, box=None)
     reached = summary["rounds_to_target"]
-    table.add_row("status", summary["status"])
+    table.add_row("status", escape(str(summary["status"])))
     if summary["scenario"]["data"]["kind"] == "nodes":  # no oracle: no excess risk to reach a target with
         table.add_row("rounds run", f"{summary['rounds_run']} (no excess risk: nodes hold their own data)")
     else:
@@ -304,7 +354,7 @@ def print_summary(summary: dict, out: Path, console: Console) -> None:
     table.add_row("bytes up / down", f"{final.get('bytes_up', 0):,} / {final.get('bytes_down', 0):,}")
     table.add_row("learning rate", f"{summary['learning_rate']:.4g}")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
-    table.add_row("results", str(out))
+    table.add_row("results", escape(str(out)))
     console.print(table)
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
-from shared.data import load_csv
+from shared.data import check_regression_table, load_csv
 
 # Strict scalar types for every scenario key (and for sections other modules add):
 # no inf/nan (JSON has no inf: it would come back as null), no bool for a number
@@ -89,9 +89,9 @@ class Data(_Section):
             if not self.path.is_file():
                 raise ValueError(f"data.path: no such file {str(self.path)!r}")
             try:  # read it now: a bad table must fail before any process starts
-                load_csv(self.path, self.target)
-            except ValueError as exc:
-                field = "data.target" if "no column" in str(exc) else "data.path"
+                check_regression_table(*load_csv(self.path, self.target), self.target, self.path)
+            except (ValueError, OSError) as exc:
+                field = "data.target" if "no column" in str(exc) or "target column" in str(exc) else "data.path"
                 raise ValueError(f"{field}: {exc}") from None
         if self.kind == "nodes":
             self._check_node_tables()
@@ -111,7 +111,7 @@ class Data(_Section):
                 raise ValueError(f"data.paths[{k}]: no such file {str(path)!r}")
             try:
                 features = len(load_csv(path, self.target)[2])
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 field = "data.target" if "no column" in str(exc) else f"data.paths[{k}]"
                 raise ValueError(f"{field}: {exc}") from None
             if features != self.dim:

@@ -30,6 +30,9 @@ from shared.threads import single_thread
 SIGMA_METRICS_MAX_DIM = 1000
 SIGMA_FILES_MAX_DIM = 2000
 DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not coming back
+# Rounds in a row in which no sampled client replied before the run stops with their error
+# (one round could be bad luck with faults or sampling; three is a client that cannot work).
+ALL_FAILED_ROUNDS = 3
 
 
 def run_federation(
@@ -73,6 +76,7 @@ def run_federation(
         last: dict = rows[-1] if rows else {}
         status = "max_rounds"
         reached = None
+        silent = 0  # consecutive rounds without one good reply
         try:
             for rnd in range(len(rows) + 1, scenario.stop.max_rounds + 1):
                 t0 = time.perf_counter()
@@ -110,6 +114,11 @@ def run_federation(
                     "counters": (view.bytes_up, view.bytes_down, view.failed), "seconds": time.time() - started,
                 }
                 checkpoint.save(out_dir, {"round": rnd, **meta}, state)
+                silent = silent + 1 if last["clients_replied"] == 0 else 0
+                if silent >= ALL_FAILED_ROUNDS:
+                    status = f"clients failed: no client replied in rounds {rnd - silent + 1}–{rnd}: " + (
+                        client_error(replies, view.partition_of) or f"no reply within {timeout:g} s")
+                    break
                 risk = last["excess_risk"]
                 if not np.isfinite(w).all() or (risk is not None and (not math.isfinite(risk) or risk > DIVERGED)):
                     status = "diverged"
@@ -127,6 +136,17 @@ def run_federation(
             summary["privacy"] = privacy.summary()
             _save(out_dir, scenario, strategy, oracle, w, summary)
     return summary
+
+
+def client_error(replies: list, partition_of: dict[int, int]) -> str | None:
+    """The first error reply's reason, on one line, naming the partition it came from."""
+    for reply in replies:
+        if reply.has_error():
+            reason = " ".join(str(reply.error.reason).split("\n")[0].split())
+            node = reply.metadata.src_node_id
+            who = f"partition {partition_of[node]}" if node in partition_of else f"node {node}"
+            return f"{who}: {reason or f'error code {reply.error.code}'}"
+    return None
 
 
 def _summary(scenario, engine, method, status, reached, last, rates, seconds) -> dict:

@@ -12,6 +12,9 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from scipy import linalg as scipy_linalg
+
+CELL_MAX = 1e100  # a CSV cell's largest magnitude: squares of N such values still fit in float64
 
 SPECTRA = ("geometric", "linear", "two_level", "spiked")
 INPUTS = ("gaussian", "rademacher", "student_t")
@@ -152,7 +155,16 @@ def load_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray, lis
     feature names. Raises ValueError naming the column or line that is wrong.
     """
     path = Path(path)
-    with path.open(newline="") as handle:
+    try:
+        return _read_csv(path, target)
+    except csv.Error as exc:  # e.g. a NUL byte: not a ValueError
+        raise ValueError(f"{path}: not a CSV table: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as UTF-8 CSV") from None
+
+
+def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         try:
             header = [name.strip() for name in next(reader)]
@@ -176,9 +188,50 @@ def load_csv(path: str | Path, target: str) -> tuple[np.ndarray, np.ndarray, lis
     if len(rows) < 2:
         raise ValueError(f"{path}: needs at least 2 data rows, has {len(rows)}")
     table = np.asarray(rows)
+    bad = ~(np.abs(table) <= CELL_MAX)  # nan, ±inf and values whose squares overflow
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{path}: row {row + 1} (line {row + 2}), column {header[column]!r}: {rows[row][column]!r} is not a "
+            f"finite number of magnitude ≤ {CELL_MAX:g} ({int(bad.sum())} such cells)"
+        )
     col = header.index(target)
     features = [h for i, h in enumerate(header) if i != col]
+    if not features:
+        raise ValueError(f"{path}: no feature columns besides the target {target!r}")
     return np.delete(table, col, axis=1), table[:, col], features
+
+
+def check_regression_table(X: np.ndarray, y: np.ndarray, features: list[str], target: str, path: str | Path) -> None:
+    """Raise ValueError (one line naming the column) unless (X, y) can be regressed:
+    a target that varies, no constant feature column, and linearly independent
+    feature columns (rank d, which needs more rows than features).
+
+    Parameters
+    ----------
+    X : ndarray (rows, d)
+    y : ndarray (rows,)
+    features : list of str, the d column names of X
+    target : str, the target column's name
+    path : the file, for the message
+    """
+    if np.ptp(y) == 0:
+        raise ValueError(f"{path}: the target column {target!r} is constant ({y[0]:g}): nothing to learn")
+    constant = [name for name, spread in zip(features, np.ptp(X, axis=0)) if spread == 0]
+    if constant:
+        raise ValueError(f"{path}: constant feature column(s) {', '.join(map(repr, constant))}: remove them")
+    rows, dim = X.shape
+    if rows <= dim:
+        raise ValueError(f"{path}: {rows} rows for {dim} feature columns; Σ needs more rows than features")
+    Z, _ = standardise(X, y)
+    _, R, order = scipy_linalg.qr(Z, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(R))
+    rank = int((diag > diag[0] * max(rows, dim) * np.finfo(float).eps * 1e3).sum())
+    if rank < dim:
+        raise ValueError(
+            f"{path}: the feature columns are linearly dependent (rank {rank} of {dim}); "
+            f"e.g. {features[order[rank]]!r} is a combination of the others: remove it"
+        )
 
 
 def _is_float(text: str) -> bool:

@@ -12,6 +12,7 @@ from fedsigma.engines.deployment import Certificates, run_deployment
 from fedsigma.engines.inline import run_config_for, run_inline
 from fedsigma.engines.simulation import run_simulation
 from scenarios.node_data import node_configs
+from scenarios.resources import check_resources
 from server.server_app import app as server_app
 
 
@@ -19,7 +20,12 @@ def run_engine(
     scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None, resume: bool = False
 ) -> None:
     """Run a validated scenario with one method on its engine; results land in ``out``.
-    ``resume``: continue the run whose checkpoint is in ``out`` (server.checkpoint)."""
+    ``resume``: continue the run whose checkpoint is in ``out`` (server.checkpoint).
+
+    Raises ResourceError (a ScenarioError) before any process starts if the
+    scenario's memory or time estimate exceeds the machine (scenarios.resources).
+    """
+    check_resources(scenario, method)
     deploy = deploy or DeployOptions()
     run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method, resume)
     # the nodes this process starts run with a policy that admits the scenario asked for

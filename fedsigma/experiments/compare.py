@@ -25,6 +25,7 @@ from rich.table import Table  # noqa: E402
 
 from fedsigma.engines.dispatch import run_engine  # noqa: E402
 from scenarios.loader import ScenarioError, load_scenario  # noqa: E402
+from scenarios.resources import check_resources  # noqa: E402
 from server.baselines import FLOWER_STRATEGIES  # noqa: E402
 from server.build import GRADCOV_VARIANTS, METHODS, oracle_for, resolve_learning_rates  # noqa: E402
 from shared.results import read_rounds  # noqa: E402
@@ -100,6 +101,8 @@ def compare(
         raise ScenarioError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     base = load_scenario(scenario_ref, overrides)
     budget = max_rounds or base.stop.max_rounds
+    for method in methods:  # every method's size, before the first run starts
+        check_resources(load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(method, [])]), method)
     _, oracle = oracle_for(base)
     best: dict[str, Outcome] = {}
     tried_values: dict[str, list[float]] = {}
@@ -136,9 +139,11 @@ def compare(
         for value in values:
             attempt(value)
         # A best value on the grid's edge may not be the best: step past it, up to EXTEND times.
+        # When no value reaches the target the edge with the lowest final risk is extended too.
         for _ in range(EXTEND):
-            if not tried or (top := min(tried, key=Outcome.rank)).reached is None:
+            if not tried:
                 break
+            top = min(tried, key=Outcome.rank)
             grid_now = sorted(o.value for o in tried)
             if len(grid_now) < 2 or top.value not in (grid_now[0], grid_now[-1]):
                 break
