@@ -189,6 +189,11 @@ class Training(_Section):
         description="with P and exact gradients, past steps the server minimises over and sizes its "
                     "step from (shared.secant); 0 = plain w − η·P·ḡ steps",
     )
+    round_timeout: FiniteFloat = Field(
+        600.0, gt=0.0, le=86400.0,
+        description="seconds the server waits for a round's replies, on every engine; a client that has not "
+                    "replied by then counts as failed for that round and is asked again the next one",
+    )
 
     @model_validator(mode="after")
     def _positive_rate(self) -> Training:

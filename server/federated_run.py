@@ -29,6 +29,7 @@ from shared.threads import single_thread
 
 SIGMA_METRICS_MAX_DIM = 1000
 SIGMA_FILES_MAX_DIM = 2000
+HANDSHAKE_TIMEOUT = 600.0  # seconds for every node to connect and say which partition it serves
 DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not coming back
 # Rounds in a row in which no sampled client replied before the run stops with their error
 # (one round could be bad luck with faults or sampling; three is a client that cannot work).
@@ -36,8 +37,7 @@ ALL_FAILED_ROUNDS = 3
 
 
 def run_federation(
-    grid: Grid, scenario: Scenario, out_dir: Path, engine: str, method: str = "gradcov", timeout: float = 600.0,
-    resume: bool = False,
+    grid: Grid, scenario: Scenario, out_dir: Path, engine: str, method: str = "gradcov", resume: bool = False,
 ) -> dict:
     """Run a scenario with one method (see server.build.METHODS) until the target
     or the round budget; write results.
@@ -46,7 +46,8 @@ def run_federation(
     (server.checkpoint), then summary.json, sigma_hat.npy, sigma_true.npy, w.npy
     and convergence.png — also when a round fails, so nothing finished is lost.
     ``resume``: continue from the checkpoint in ``out_dir`` (the same numbers as a
-    run that was never interrupted). Returns the summary.
+    run that was never interrupted). Each round waits at most
+    ``training.round_timeout`` seconds for its replies. Returns the summary.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -55,7 +56,8 @@ def run_federation(
         _, oracle = oracle_for(scenario)
         strategy, train_config, lr, local_lr = strategy_for(scenario, method, oracle)
         random.seed(scenario.seed)  # Flower's strategies sample nodes with `random`
-        view = PartitionGrid(grid, scenario.clients.count, timeout=timeout)
+        view = PartitionGrid(grid, scenario.clients.count, timeout=HANDSHAKE_TIMEOUT)
+        timeout = scenario.training.round_timeout
         w = np.zeros(scenario.dim())
         arrays = ArrayRecord({p.WEIGHTS: Array(w)})
         privacy = PrivacyLedger()

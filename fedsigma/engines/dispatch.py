@@ -33,7 +33,8 @@ def run_engine(
     policy = settings_admitting(scenario, send_hessian=method in ("newton", "fednl"))
     configs = [{**config, **policy} for config in node_configs(scenario)]
     if scenario.engine == "inline":
-        run_inline(server_app, client_app, scenario.clients.count, run_config, configs)
+        run_inline(server_app, client_app, scenario.clients.count, run_config, configs,
+                   round_timeout=scenario.training.round_timeout)
     elif scenario.engine == "deployment":
         run_deployment(
             configs, run_config, log_path=out / "flower.log", superlink=deploy.superlink,
