@@ -227,6 +227,7 @@ def cmd_run(args, console: Console) -> int:
         out, hint="or continue an interrupted run there with --resume")
     with folder as out:
         args.results = out
+        deploy.share_out_dir(out)
         console.print(
             f"[bold]{escape(scenario.name)}[/] on the [bold]{scenario.engine}[/] engine: "
             f"{scenario.clients.count} clients, d = {scenario.dim()}, up to {scenario.stop.max_rounds} rounds"
@@ -318,7 +319,7 @@ def deployment_options(args, scenario) -> DeployOptions:
             nodes = 0 if opts.no_supernodes else scenario.clients.count
             Certificates(opts.certs).check(nodes, superlink=opts.superlink is None)
         if opts.superlink is not None:
-            check_reachable(opts.superlink)
+            check_reachable(opts.superlink, ca=Certificates(opts.certs).ca if opts.certs else None)
     return opts
 
 

@@ -1,9 +1,10 @@
 """docker-compose.yml and the Dockerfile match what the localhost deployment tests run.
 
-Docker does not run here, so every command, image tag, flag and port in the compose
-file is checked against the deployment engine's own commands (the ones
-tests/test_deployment.py runs on 127.0.0.1), against Flower's ``--help``, and
-against the files scripts/make-certs.sh writes; .ci/run also lints it with dclint.
+Every command, image tag, flag and port in the compose file is checked against the
+deployment engine's own commands (the ones tests/test_deployment.py runs on
+127.0.0.1), against Flower's ``--help``, and against the files scripts/make-certs.sh
+writes; .ci/run also lints it with dclint, and .ci/compose-test runs both profiles
+on a Docker engine with stand-ins for Flower's images (.ci/standins/).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 
 from fedsigma.engines import compose as cp
 from fedsigma.engines.deployment import (
+    HEALTH_PATH,
     SUPERLINK_PORT,
     SUPERNODE_PORT,
     Certificates,
@@ -31,6 +33,7 @@ from fedsigma.engines.processes import flower_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = metadata.version("flwr")
+CI_INDEX = "${CI_INDEX_URL:?the wheelhouse index that .ci/compose-test serves}"
 CONTAINER_ONLY = ["--isolation", "process"]  # the SuperExecs are containers of their own
 LOCATION_FLAGS = {"--host", "--port", "--superlink", "--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile",
                   "--root-certificates", "--auth-supernode-private-key", "--runtime-api-address"}
@@ -73,17 +76,60 @@ def test_services_of_both_profiles(spec):
             assert dep in spec["services"] and spec["services"][dep]["profiles"] == service["profiles"], (name, dep)
 
 
+@pytest.mark.parametrize("profile", ["insecure", "tls"])
+def test_nothing_starts_before_the_superlink_answers_its_health_endpoint(spec, profile):
+    """A SuperLink's open port is not readiness (Docker accepts before it listens): its
+    healthcheck asks GET /health, and what talks to it waits for service_healthy."""
+    link_name = "superlink" + ("-tls" if profile == "tls" else "")
+    link = spec["services"][link_name]
+    test = link["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    scheme = "https" if profile == "tls" else "http"
+    assert f"'{scheme}://127.0.0.1:{SUPERLINK_PORT}{HEALTH_PATH}'" in test[3]
+    assert ("cafile='/app/certs/ca.crt'" in test[3]) == (profile == "tls")
+    compile(test[3], "healthcheck", "exec")
+    for name, service in _profile(spec, profile).items():
+        if name.startswith(("supernode", "superexec-serverapp", "register-supernodes")):
+            assert service["depends_on"][link_name] == {"condition": "service_healthy"}, name
+
+
+def test_one_superexec_image_tag_for_every_service_that_builds(spec):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    built = {name: s for name, s in spec["services"].items() if "build" in s}
+    assert len(built) == 9 and {s["image"] for s in built.values()} == {f"fedsigma/superexec:{version}"}
+    assert len({str(s["build"]) for s in built.values()}) == 1
+
+
+def test_ci_override_swaps_every_flower_image_and_only_that(spec):
+    """CI's override (.ci/compose-test) replaces Flower's images by its stand-ins and points
+    every build at its local index; the committed file keeps Flower's images."""
+    override = yaml.safe_load((ROOT / ".ci" / "standins" / "compose.override.yml").read_text())["services"]
+    assert set(override) == set(spec["services"])
+    for name, service in spec["services"].items():
+        if "build" in service:
+            assert override[name] == {"build": {"network": "host", "args": {
+                "FLWR_IMAGE": "fedsigma-ci/superexec", "PIP_INDEX_URL": CI_INDEX, "TORCH_INDEX_URL": CI_INDEX}}}
+        else:
+            assert override[name] == {"image": service["image"].replace("flwr/", "fedsigma-ci/")}, name
+    standins = (ROOT / ".ci" / "standins" / "Dockerfile").read_text()
+    for role in ("superlink", "supernode", "superexec"):
+        assert f'FROM base AS {role}\nENTRYPOINT ["flower-{role}"]' in standins
+    assert "--uid 49999" in standins and "WORKDIR /app" in standins and f"ARG FLWR_VERSION={FLWR}" in standins
+
+
 def test_images_are_flowers_at_the_pinned_version(spec):
     pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"flwr[simulation]=={FLWR}" in pins
     for name, service in spec["services"].items():
-        if "image" in service:
+        if "build" in service:  # SuperExecs: the project's Dockerfile, on flwr/superexec at the same version
+            assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}, name
+            assert service["image"].startswith("fedsigma/superexec:"), name
+        else:
             kind = "superlink" if name.startswith("superlink") else "supernode"
             assert service["image"] == f"flwr/{kind}:{FLWR}", name
-        else:  # SuperExecs: the project's Dockerfile, on flwr/superexec at the same version
-            assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}, name
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert f"ARG FLWR_VERSION={FLWR}\n" in dockerfile and "FROM flwr/superexec:${FLWR_VERSION}" in dockerfile
+    assert f"ARG FLWR_VERSION={FLWR}\n" in dockerfile and "ARG FLWR_IMAGE=flwr/superexec\n" in dockerfile
+    assert "FROM ${FLWR_IMAGE}:${FLWR_VERSION}" in dockerfile
     torch = next(p for p in pins if p.startswith("torch=="))
     assert f" {torch}\n" in dockerfile
     for pkg in ("shared", "server", "client", "scenarios"):

@@ -20,11 +20,16 @@ tests/test_compose.py), with container hosts, ports and paths.
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,7 @@ from scenarios.node_data import NodeDataError
 MAKE_CERTS = fp.ROOT / "scripts" / "make-certs.sh"
 SUPERLINK_PORT = 8000  # Flower 1.42's default, and the port docker-compose.yml publishes
 SUPERNODE_PORT = 9094  # a SuperNode's Runtime API (its SuperExec connects there)
+HEALTH_PATH = "/health"  # the SuperLink answers 200 here on its one HTTP(S) port once it serves
 FINISHED = "finished"
 COMPLETED = "finished:completed"
 
@@ -169,7 +175,7 @@ def run_deployment(
                 link = fp.start(_resolve(superlink_command(port, certs=certs)), env, log)
                 fp.wait_for_port(port, link, 60, "flower-superlink")
             else:
-                check_reachable(superlink)
+                check_reachable(superlink, ca=None if certs is None else certs.ca)
             fp.write_connection(home, superlink, insecure=certs is None,
                                 root_certificates=None if certs is None else certs.ca)
             if certs is not None and nodes:
@@ -195,17 +201,56 @@ def _resolve(cmd: list[str]) -> list[str]:
     return [fp.flower_command(cmd[0]), *cmd[1:]]
 
 
-def check_reachable(address: str) -> None:
-    """Raise ScenarioError unless something accepts TCP connections at HOST:PORT."""
+def check_reachable(address: str, ca: Path | None = None, timeout: float = 60.0) -> None:
+    """Wait until the SuperLink at HOST:PORT answers ``GET /health``; raise ScenarioError if it does not.
+
+    An open port is not enough: Docker's port proxy accepts connections as soon as
+    a container starts, before the SuperLink in it listens, and then drops them. So
+    a port that accepts but does not answer yet is polled for up to ``timeout``
+    seconds; one that refuses connections, or a host that does not resolve, fails at
+    once (nothing is there).
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT`` of the SuperLink.
+    ca : Path, optional
+        CA certificate of a TLS SuperLink: HTTPS, verified with it. None: plain HTTP.
+    timeout : float
+        Seconds to wait for the first answer.
+    """
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ScenarioError(f"--superlink: expected HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
-            pass
-    except OSError as exc:
-        raise ScenarioError(f"--superlink: nothing answers at {address} ({exc.strerror or exc}); start the "
-                            "SuperLink first or leave --superlink out to start one") from None
+    url = f"{'http' if ca is None else 'https'}://{host}:{port}{HEALTH_PATH}"
+    context = None if ca is None else ssl.create_default_context(cafile=str(ca))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),  # a local address: no proxy
+                                         urllib.request.HTTPSHandler(context=context))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with opener.open(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+                last = f"HTTP {reply.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise ScenarioError(f"--certs: the SuperLink at {address} has a certificate that {ca} does not "
+                                    f"verify ({reason.verify_message}); give the CA it was made with") from None
+            if isinstance(reason, (ConnectionRefusedError, socket.gaierror)) or getattr(
+                    reason, "errno", None) == errno.ECONNREFUSED:
+                raise ScenarioError(f"--superlink: nothing answers at {address} "
+                                    f"({getattr(reason, 'strerror', None) or reason}); start the SuperLink first "
+                                    "or leave --superlink out to start one") from None
+            last = str(reason) or type(reason).__name__
+        if time.monotonic() >= deadline:
+            hint = "" if ca is not None else "; a SuperLink with TLS needs --certs DIR"
+            raise ScenarioError(f"--superlink: {address} accepts connections but no SuperLink answered GET "
+                                f"{HEALTH_PATH} within {timeout:.0f} s (last: {last}){hint}")
+        time.sleep(0.5)
 
 
 def _flwr(args: list[str], env: dict, log, timeout: float, check: bool = True) -> str:

@@ -54,6 +54,13 @@ class DeployOptions:
     tls: bool = False
     certs: Path | None = None
 
+    def share_out_dir(self, out: Path) -> None:
+        """On a SuperLink we did not start, its ServerApp writes the results folder
+        ``out`` and may run as another user (Flower's images run it as uid 49999, with
+        ``out`` mounted): then let every user write in it (mode 0777)."""
+        if self.superlink is not None:
+            out.chmod(0o777)
+
     def out_dir(self, out: Path) -> str:
         """The out-dir the ServerApp gets: ``out``, or on a SuperLink we did not start
         (containers, another machine) the same path relative to this folder when it is
