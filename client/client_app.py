@@ -8,6 +8,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
 from client.policy import enforce
 from client.task import GradientOracle, linear_model, probe_gradients, training_direction
@@ -47,13 +48,21 @@ def hello(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """GradCov round (default), or FedAvg-style local training for Flower's strategies."""
+    """GradCov round (default), FedAvg-style local training for Flower's strategies, or a
+    FedNL round, with the scenario's injected faults (client.faults) around it."""
+    faults = plan_for(scenario_from_run_config(context.run_config))
+    pid, rnd = int(context.node_config["partition-id"]), int(msg.content[p.CONFIG][p.ROUND])
+    if faults.drops(pid, rnd):
+        return dropped(msg)
+    faults.straggle(pid)
     mode = str(msg.content[p.CONFIG].get(p.MODE, p.MODE_GRADCOV))
     if mode == p.MODE_LOCAL:
-        return local_training(msg, context)
-    if mode == p.MODE_FEDNL:
-        return fednl_round(msg, context)
-    return gradcov_round(msg, context)
+        reply = local_training(msg, context)
+    elif mode == p.MODE_FEDNL:
+        reply = fednl_round(msg, context)
+    else:
+        reply = gradcov_round(msg, context, faults)
+    return faults.corrupt(reply, pid, rnd)
 
 
 def local_training(msg: Message, context: Context) -> Message:
@@ -99,8 +108,9 @@ def fednl_round(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def gradcov_round(msg: Message, context: Context) -> Message:
-    """Probe gradients at w (calibrated noise), then the training gradient or update."""
+def gradcov_round(msg: Message, context: Context, faults: FaultPlan | None = None) -> Message:
+    """Probe gradients at w (calibrated noise), then the training gradient or update
+    (``faults``: an uncalibrated Byzantine client probes with c = 0)."""
     X, y, pid, seed = local_data(context)
     cfg = msg.content[p.CONFIG]
     arrays = msg.content[p.ARRAYS]
@@ -116,12 +126,13 @@ def gradcov_round(msg: Message, context: Context) -> Message:
     rng = np.random.default_rng([seed, pid, rnd])
     n, probes = int(cfg[p.BATCH_SIZE]), int(cfg[p.PROBES])
     levels = [float(c) for c in cfg[p.NOISE_LEVELS]]
+    probe_levels = levels if faults is None else faults.noise_levels(pid, levels)
     natural = float(cfg[p.NATURAL_VAR])
     oracle = gradient_oracle(X.shape[1])
     with single_thread():
         if probes > 0:
             probe = probe_gradients(
-                oracle, w, X, y, batch_size=n, probes=probes, multipliers=levels,
+                oracle, w, X, y, batch_size=n, probes=probes, multipliers=probe_levels,
                 natural_var=natural, rng=rng, label_clip=float(cfg.get(p.LABEL_CLIP, 0.0)),
             )
         else:

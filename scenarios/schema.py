@@ -7,11 +7,12 @@ an empty file is a valid (small, synthetic) scenario. Unknown keys are errors.
 from __future__ import annotations
 
 import csv
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from shared.data import check_regression_table, load_csv
 
@@ -209,8 +210,45 @@ class Stop(_Section):
     target: FiniteFloat = Field(1e-6, gt=0.0, lt=1.0, description="relative excess risk")
 
 
+BYZANTINE_KINDS = (
+    "nan", "inf", "wrong_shape", "scale", "sign_flip", "random", "uncalibrated", "inflate_count", "flood",
+)
+
+
+class Faults(_Section):
+    """Faults injected inside the ClientApp (client/faults.py), on every engine, seeded
+    by the scenario seed: the same seed picks the same faulty clients and drops the same
+    replies."""
+
+    dropout: FiniteFloat = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="probability that a sampled client does not reply in a round",
+    )
+    stragglers: FiniteFloat = Field(
+        0.0, ge=0.0, le=1.0, description="fraction of clients that reply late every round"
+    )
+    straggler_delay: FiniteFloat = Field(
+        0.0, ge=0.0, le=86400.0, description="seconds a straggler waits before replying"
+    )
+    byzantine: StrictInt = Field(0, ge=0, le=100000, description="clients whose every reply is corrupted (byzantine_kind)")
+    byzantine_kind: Literal[BYZANTINE_KINDS] = Field(
+        "random",
+        description="nan, inf: non-finite arrays; wrong_shape: one extra entry; scale: ×1e6; sign_flip: −x; "
+                    "random: noise of the honest size; uncalibrated: probes with c = 0; "
+                    "inflate_count: num-examples ×1e9; flood: 10⁶ probes",
+    )
+
+    @field_validator("byzantine_kind", mode="before")
+    @classmethod
+    def _kind_from_float(cls, value: object) -> object:
+        # `--set faults.byzantine_kind=nan` (or inf) reads as a TOML float: take its name
+        if isinstance(value, float) and not math.isfinite(value):
+            return "nan" if math.isnan(value) else "inf"
+        return value
+
+
 class Scenario(_Section):
-    """A whole run: data, partition, clients, protocol, preconditioner, training, stop."""
+    """A whole run: data, partition, clients, protocol, preconditioner, training, stop, faults."""
 
     name: FileName = "scenario"
     description: str = ""
@@ -223,9 +261,15 @@ class Scenario(_Section):
     preconditioner: Preconditioner = Field(default_factory=Preconditioner)
     training: Training = Field(default_factory=Training)
     stop: Stop = Field(default_factory=Stop)
+    faults: Faults = Field(default_factory=Faults)
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
+        if self.faults.byzantine > self.clients.count:
+            raise ValueError(
+                f"faults.byzantine: {self.faults.byzantine} Byzantine clients but clients.count = "
+                f"{self.clients.count}; lower it"
+            )
         if self.data.kind == "nodes":
             return self._nodes_consistent()
         total, count, batch = self.total_rows(), self.clients.count, self.protocol.batch_size

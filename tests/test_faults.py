@@ -1,0 +1,135 @@
+"""Fault injection (client/faults.py): the [faults] table, seeded plans, and what each
+Byzantine kind does to a real ClientApp reply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.common.constant import ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.client_app import app as client_app
+from client.faults import COUNT_FACTOR, FLOOD_PROBES, SCALE, corrupt_array, plan_for
+from fedsigma.engines.inline import SUPERLINK_NODE_ID, InlineGrid, run_config_for
+from scenarios.loader import ScenarioError, validate
+from scenarios.node_data import node_configs
+from scenarios.schema import BYZANTINE_KINDS
+from server.strategy import GradCovStrategy
+from shared import protocol as p
+
+SMALL = {"seed": 3, "data": {"dim": 4, "rows_per_client": 40}, "clients": {"count": 6},
+         "protocol": {"batch_size": 8, "probes": 3}, "stop": {"max_rounds": 2}}
+
+
+def scenario(**faults):
+    return validate({**SMALL, "faults": faults})
+
+
+def one_round(sc, rnd: int = 1):
+    """Round ``rnd`` of GradCov on the inline grid: {partition id: reply}."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    grid = InlineGrid(client_app, node_configs(sc), run_config_for(sc.model_dump_json(), "", "inline"))
+    strategy = GradCovStrategy(sc.dim(), batch_size=sc.protocol.batch_size, probes=sc.protocol.probes, seed=sc.seed)
+    messages = strategy.configure_train(rnd, ArrayRecord({p.WEIGHTS: Array(np.zeros(sc.dim()))}), ConfigRecord(), grid)
+    pid = {node: int(ctx.node_config["partition-id"]) for node, ctx in grid.contexts.items()}
+    return {pid[r.metadata.src_node_id]: r for r in grid.send_and_receive(messages)}
+
+
+@pytest.mark.parametrize(
+    "faults, field",
+    [({"dropout": 1.0}, "faults.dropout"), ({"dropout": -0.1}, "faults.dropout"),
+     ({"stragglers": 1.5}, "faults.stragglers"), ({"straggler_delay": float("inf")}, "faults.straggler_delay"),
+     ({"byzantine": 7}, "faults.byzantine"), ({"byzantine": -1}, "faults.byzantine"),
+     ({"byzantine_kind": "evil"}, "faults.byzantine_kind"), ({"typo": 1}, "faults.typo")],
+)
+def test_bad_faults_are_one_line_errors_naming_the_field(faults, field):
+    with pytest.raises(ScenarioError) as err:
+        scenario(**faults)
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_nan_and_inf_kinds_survive_toml_parsing():
+    """``--set faults.byzantine_kind=nan`` arrives as a float NaN: it must mean the kind."""
+    assert scenario(byzantine_kind=float("nan")).faults.byzantine_kind == "nan"
+    assert scenario(byzantine_kind=float("inf")).faults.byzantine_kind == "inf"
+
+
+def test_the_plan_is_a_function_of_the_seed():
+    a = plan_for(scenario(byzantine=2, stragglers=0.5, dropout=0.3))
+    b = plan_for(scenario(byzantine=2, stragglers=0.5, dropout=0.3))
+    assert a == b and len(a.byzantine) == 2 and len(a.stragglers) == 3
+    drops = [[a.drops(pid, rnd) for pid in range(6)] for rnd in range(1, 201)]
+    assert drops == [[b.drops(pid, rnd) for pid in range(6)] for rnd in range(1, 201)]
+    assert 0.25 < np.mean(drops) < 0.35  # 1200 draws at probability 0.3
+    others = {plan_for(validate({**SMALL, "seed": s, "faults": {"byzantine": 2}})).byzantine for s in range(8)}
+    assert len(others) > 1, "the Byzantine clients must depend on the seed"
+
+
+def test_dropped_clients_send_flowers_missing_reply_error_and_others_are_untouched():
+    clean, faulty = one_round(scenario()), one_round(scenario(dropout=0.5))
+    lost = [pid for pid, r in faulty.items() if r.has_error()]
+    assert 0 < len(lost) < 6
+    plan = plan_for(scenario(dropout=0.5))
+    assert lost == [pid for pid in range(6) if plan.drops(pid, 1)]
+    for pid, reply in faulty.items():
+        if pid in lost:
+            assert reply.error.code == ErrorCode.REPLY_MESSAGE_UNAVAILABLE
+        else:
+            assert np.array_equal(reply.content[p.ARRAYS][p.PROBE_GRADS].numpy(),
+                                  clean[pid].content[p.ARRAYS][p.PROBE_GRADS].numpy())
+
+
+@pytest.mark.parametrize("kind", BYZANTINE_KINDS)
+def test_each_byzantine_kind_corrupts_only_its_client(kind):
+    sc = scenario(byzantine=1, byzantine_kind=kind)
+    (bad,) = plan_for(sc).byzantine
+    clean, faulty = one_round(scenario()), one_round(sc)
+    for pid, reply in faulty.items():
+        honest = clean[pid].content
+        got = reply.content
+        probe, update = (got[p.ARRAYS][k].numpy() for k in (p.PROBE_GRADS, p.UPDATE))
+        probe0, update0 = (honest[p.ARRAYS][k].numpy() for k in (p.PROBE_GRADS, p.UPDATE))
+        if pid != bad:
+            assert np.array_equal(probe, probe0) and np.array_equal(update, update0)
+            continue
+        count, count0 = got[p.METRICS][p.NUM_EXAMPLES], honest[p.METRICS][p.NUM_EXAMPLES]
+        if kind == "nan":
+            assert np.isnan(probe).all() and np.isnan(update).all()
+        elif kind == "inf":
+            assert np.isposinf(probe).all() and np.isposinf(update).all()
+        elif kind == "wrong_shape":
+            assert probe.shape == probe0.shape[:-1] + (5,) and update.shape == (5,)
+        elif kind == "scale":
+            assert np.allclose(probe, SCALE * probe0) and np.allclose(update, SCALE * update0)
+        elif kind == "sign_flip":
+            assert np.array_equal(probe, -probe0) and np.array_equal(update, -update0)
+        elif kind == "random":
+            assert probe.shape == probe0.shape and np.isfinite(probe).all() and not np.allclose(probe, probe0)
+            assert np.isclose(np.sqrt(np.mean(update**2)), np.sqrt(np.mean(update0**2)), rtol=1.5)
+        elif kind == "uncalibrated":  # c = 0: only the row sampling spreads the probes
+            assert probe.shape == probe0.shape and np.array_equal(update, update0)
+            assert np.var(probe, axis=1).sum() < 0.5 * np.var(probe0, axis=1).sum()
+        elif kind == "inflate_count":
+            assert count == count0 * COUNT_FACTOR and np.array_equal(probe, probe0)
+        elif kind == "flood":
+            assert probe.shape == (1, FLOOD_PROBES, 4) and np.array_equal(update, update0)
+        if kind != "inflate_count":
+            assert count == count0
+
+
+def test_corrupt_array_leaves_other_kinds_alone():
+    x = np.arange(6.0).reshape(1, 2, 3)
+    rng = np.random.default_rng(0)
+    for kind in ("uncalibrated", "inflate_count"):
+        assert np.array_equal(corrupt_array(x, kind, rng, probes=True), x)
+    assert np.array_equal(corrupt_array(x[0, 0], "flood", rng), x[0, 0])
+
+
+def test_stragglers_sleep_the_delay_every_round_and_only_they(monkeypatch):
+    slept = []
+    monkeypatch.setattr("client.faults.time.sleep", slept.append)
+    plan = plan_for(scenario(stragglers=0.5, straggler_delay=2.5))
+    for pid in range(6):
+        plan.straggle(pid)
+    assert slept == [2.5] * 3 and len(plan.stragglers) == 3
