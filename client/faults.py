@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from flwr.app import Array, Error, Message
 from flwr.common.constant import ErrorCode
 
+from scenarios.faults import CORRUPT_STREAM, DROPOUT_STREAM, byzantine_partitions, straggler_partitions
 from scenarios.schema import Scenario
 from shared import protocol as p
 
 SCALE = 1e6  # byzantine_kind = "scale"
 COUNT_FACTOR = 10**9  # byzantine_kind = "inflate_count"
 FLOOD_PROBES = 10**6  # byzantine_kind = "flood": probe gradients sent, over all levels
-# tags that give each fault decision its own random stream under the scenario seed
-_BYZANTINE, _STRAGGLERS, _DROPOUT, _CORRUPT = 0xB1, 0x51, 0xD0, 0xC0
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class FaultPlan:
         """Whether partition ``pid``'s reply in round ``rnd`` is lost."""
         if self.dropout == 0.0:
             return False
-        return bool(np.random.default_rng([self.seed, _DROPOUT, pid, rnd]).random() < self.dropout)
+        return bool(np.random.default_rng([self.seed, DROPOUT_STREAM, pid, rnd]).random() < self.dropout)
 
     def straggle(self, pid: int) -> None:
         """Sleep ``straggler_delay`` seconds if ``pid`` is a straggler."""
@@ -87,7 +85,7 @@ class FaultPlan:
             metrics[p.NUM_EXAMPLES] = int(metrics[p.NUM_EXAMPLES]) * COUNT_FACTOR
             return reply
         arrays = reply.content[p.ARRAYS]
-        rng = np.random.default_rng([self.seed, _CORRUPT, pid, rnd])
+        rng = np.random.default_rng([self.seed, CORRUPT_STREAM, pid, rnd])
         for key in list(arrays):
             arrays[key] = Array(corrupt_array(arrays[key].numpy(), kind, rng, probes=key == p.PROBE_GRADS))
         return reply
@@ -139,19 +137,10 @@ def dropped(msg: Message) -> Message:
 
 
 def plan_for(scenario: Scenario) -> FaultPlan:
-    """The scenario's fault plan: which partitions are Byzantine and which straggle are
-    seeded draws among ``clients.count`` partitions."""
+    """The scenario's fault plan (the faulty partitions: scenarios.faults)."""
     f = scenario.faults
-    return _plan(scenario.seed, scenario.clients.count, f.dropout, f.stragglers, f.straggler_delay,
-                 f.byzantine, f.byzantine_kind)
-
-
-@lru_cache(maxsize=8)
-def _plan(seed: int, count: int, dropout: float, stragglers: float, delay: float, byzantine: int,
-          kind: str) -> FaultPlan:
-    bad = np.random.default_rng([seed, _BYZANTINE]).choice(count, byzantine, replace=False)
-    slow = np.random.default_rng([seed, _STRAGGLERS]).choice(count, int(round(stragglers * count)), replace=False)
     return FaultPlan(
-        seed=seed, dropout=dropout, straggler_delay=delay, stragglers=frozenset(int(i) for i in slow),
-        byzantine=frozenset(int(i) for i in bad), byzantine_kind=kind,
+        seed=scenario.seed, dropout=f.dropout, straggler_delay=f.straggler_delay,
+        stragglers=straggler_partitions(scenario), byzantine=byzantine_partitions(scenario),
+        byzantine_kind=f.byzantine_kind,
     )

@@ -7,6 +7,7 @@ from functools import lru_cache
 import numpy as np
 from flwr.app import ConfigRecord
 
+from scenarios.faults import byzantine_partitions
 from scenarios.federation import Federation, build_federation
 from scenarios.loader import ScenarioError
 from scenarios.schema import Scenario
@@ -34,16 +35,24 @@ METHODS = (*GRADCOV_VARIANTS, *FLOWER_STRATEGIES, "oracle", "newton")
 def oracle_for(scenario: Scenario) -> tuple[Federation | None, LeastSquaresOracle | None]:
     """The union of all clients' data and its least-squares oracle, started at w₀ = 0
     (cached per federation: a comparison runs many methods on the same data).
-    (None, None) when each node brings its own data (data.kind = "nodes")."""
+    (None, None) when each node brings its own data (data.kind = "nodes").
+
+    With ``faults.byzantine`` clients the oracle holds the honest clients' rows only:
+    a Byzantine client's data never reaches the server, so the honest optimum (and
+    their Σ) is what a robust run can reach.
+    """
     if not scenario.has_oracle():
         return None, None
     fed = build_federation(scenario)
-    return fed, _oracle(fed)
+    return fed, _oracle(fed, byzantine_partitions(scenario))
 
 
 @lru_cache(maxsize=2)
-def _oracle(fed: Federation) -> LeastSquaresOracle:
-    return LeastSquaresOracle(fed.X, fed.y, np.zeros(fed.X.shape[1]))
+def _oracle(fed: Federation, byzantine: frozenset[int] = frozenset()) -> LeastSquaresOracle:
+    if not byzantine:
+        return LeastSquaresOracle(fed.X, fed.y, np.zeros(fed.X.shape[1]))
+    rows = np.concatenate([np.arange(len(fed.X))[s] for k, s in enumerate(fed.shards) if k not in byzantine])
+    return LeastSquaresOracle(fed.X[rows], fed.y[rows], np.zeros(fed.X.shape[1]))
 
 
 def uses_preconditioner(scenario: Scenario, method: str) -> bool:

@@ -82,7 +82,7 @@ def run_federation(
         try:
             for rnd in range(len(rows) + 1, scenario.stop.max_rounds + 1):
                 t0 = time.perf_counter()
-                failed_before = view.failed
+                failed_before, rejected_before = view.failed, view.rejected
                 replies = view.send_and_receive(
                     strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), view), timeout=timeout
                 )
@@ -106,6 +106,7 @@ def run_federation(
                     "bytes_down": view.bytes_down,
                     "clients_replied": len(replies) - sum(r.has_error() for r in replies),
                     "clients_failed": view.failed - failed_before,
+                    "clients_rejected": view.rejected - rejected_before,
                     "seconds": round(time.perf_counter() - t0, 6),
                 }
                 writer.write(last)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from server.replies import screen_replies
 from shared import protocol as p
 
 POLL_SECONDS = 0.1  # Flower's deployment Grid polls for replies every 3 s; we ask sooner
@@ -44,7 +45,8 @@ class PartitionGrid(Grid):
         self.inner = grid
         self.bytes_up = 0
         self.bytes_down = 0
-        self.failed = 0
+        self.failed = 0  # sampled nodes with no usable reply: errors and timeouts
+        self.rejected = 0  # replies dropped by server.replies (malformed, wrong shapes, non-finite)
         nodes = wait_for_nodes(grid, expected_nodes, timeout)
         hello = [
             Message(RecordDict(), dst_node_id=node, message_type=f"query.{p.HELLO}") for node in nodes
@@ -71,14 +73,22 @@ class PartitionGrid(Grid):
         return list(self._order)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """Send, wait, and return the replies in partition order; count bytes and failures."""
+        """Send, wait, and return the replies in partition order; count bytes and failures.
+
+        Replies that are not what their request asked for (server.replies) are
+        dropped and counted in ``rejected``; the others in ``failed``.
+        """
         messages = list(messages)
         self.bytes_down += sum(payload_bytes(m) for m in messages)
         replies = exchange(self.inner, messages, timeout)
         self.bytes_up += sum(payload_bytes(r) for r in replies)
-        self.failed += len(messages) - sum(1 for r in replies if not r.has_error())
         rank = {node: i for i, node in enumerate(self._order)}
-        return sorted(replies, key=lambda r: rank.get(r.metadata.src_node_id, len(rank)))
+        replies = sorted(replies, key=lambda r: rank.get(r.metadata.src_node_id, len(rank)))
+        requests = {m.metadata.dst_node_id: m for m in messages}
+        replies, rejected = screen_replies(replies, requests, self.partition_of, self.rows_of)
+        self.rejected += rejected
+        self.failed += len(messages) - rejected - sum(1 for r in replies if not r.has_error())
+        return replies
 
     # -- delegated -----------------------------------------------------------
     def set_run(self, run) -> None:  # noqa: D102

@@ -21,6 +21,9 @@ from shared import protocol as p
 from shared.calibration import estimator_coefficients
 from shared.estimators import CovariancePool
 from shared.lowrank import LowRankPreconditioner, SketchPool
+from server.pooling import log_inconsistent, norm_screen, partition_ids, probe_screen
+from shared.gradient_table import GradientTable
+from shared.robust import ReplyHistory
 from shared.secant import SecantMemory, gradients_are_exact
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
 
@@ -153,6 +156,8 @@ class GradCovStrategy(Strategy):
         self.line_search_memory = line_search_memory
         self.secant = SecantMemory(min(line_search_memory, dim)) if line_search_memory > 0 else None
         self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
+        self.table = GradientTable(dim)  # every client's latest gradient: ḡ of the whole federation
+        self.history = ReplyHistory()  # every client's last gradient, to check its next one
 
     # -- what callers read -------------------------------------------------
     @property
@@ -243,34 +248,80 @@ class GradCovStrategy(Strategy):
         )
         if not valid:
             return None, MetricRecord({"clients-replied": 0})
-        updates, weights = [], []
-        for reply in valid:
-            self.absorb(reply)
-            updates.append(reply.content[p.ARRAYS][p.UPDATE].numpy())
-            weights.append(float(reply.content[p.METRICS][p.NUM_EXAMPLES]))
+        for reply, pooled in zip(valid, self._probe_screen(valid)):
+            if pooled:
+                self.absorb(reply)
         self._update_preconditioner(server_round)
-        mean = np.average(np.stack(updates), axis=0, weights=weights)
+        pids = partition_ids(valid)
+        updates = np.stack([reply.content[p.ARRAYS][p.UPDATE].numpy() for reply in valid])
+        weights = np.array([float(reply.content[p.METRICS][p.NUM_EXAMPLES]) for reply in valid])
+        keep = norm_screen(pids, updates)
         if self.local_steps > 0:
-            new = self._weights + mean
-        elif self._exact_gradients():
-            # exact quadratic: correct over the past steps and size the step from them.
-            # Gradient differences are Σ·step only for the same set of clients: when a node
-            # fails (or comes back) ḡ is another quadratic's gradient, so start a new memory
-            repliers = tuple(int(r.content[p.METRICS][p.PARTITION_ID]) for r in valid)
-            if repliers != self._repliers:
-                self.secant, self._repliers = SecantMemory(self.secant.memory), repliers
-            self.secant.observe(self._weights, mean)
-            eta = self.secant.step_size(mean, self.learning_rate)
-            start, mean = self.secant.minimise(self._weights, mean)
-            direction = self.preconditioner @ mean
-            self.secant.stepped(mean, direction, eta)
-            new = start - eta * direction
+            if not keep.any():
+                return None, MetricRecord({"clients-replied": len(valid)})
+            new = self._weights + np.average(updates[keep], axis=0, weights=weights[keep])
         else:
-            new = self._weights - self.learning_rate * (self.preconditioner @ mean)
+            mean = self._federation_gradient(pids, updates, weights, keep)
+            if mean is None:
+                return None, MetricRecord({"clients-replied": len(valid)})
+            if self._exact_gradients() and self.table.current(self._weights):
+                # exact quadratic: correct over the past steps and size the step from them.
+                # Gradient differences are Σ·step only for one quadratic and exact gradients:
+                # when the clients in the estimate change (one is seen first, or caught lying)
+                # or a round used stale ones, start a new memory
+                if self.table.members() != self._repliers:
+                    self.secant, self._repliers = SecantMemory(self.secant.memory), self.table.members()
+                self.secant.observe(self._weights, mean)
+                eta = self.secant.step_size(mean, self.learning_rate)
+                start, mean = self.secant.minimise(self._weights, mean)
+                direction = self.preconditioner @ mean
+                self.secant.stepped(mean, direction, eta)
+                new = start - eta * direction
+            else:
+                self._repliers = ()  # ḡ is an estimate: the memory starts afresh at the next exact round
+                new = self._weights - self.learning_rate * (self.preconditioner @ mean)
         metrics = MetricRecord(
             {"clients-replied": len(valid), "gradients-pooled": self.pool.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
+
+    def _probe_screen(self, replies: list[Message]) -> np.ndarray:
+        """Which replies' probes join the pool (server.pooling.probe_screen); all when no probes."""
+        if any(r.content[p.ARRAYS][p.PROBE_GRADS].numpy().size == 0 for r in replies):
+            return np.ones(len(replies), dtype=bool)
+        coefs = np.stack([
+            estimator_coefficients(self.noise_levels, self.batch_size, int(r.content[p.METRICS][p.LOCAL_ROWS]),
+                                   self.natural_var)
+            for r in replies
+        ])
+        return probe_screen(replies, coefs)
+
+    def _federation_gradient(
+        self, pids: list[int], grads: np.ndarray, rows: np.ndarray, keep: np.ndarray
+    ) -> np.ndarray | None:
+        """ḡ of the whole federation at w from this round's gradients (K, d) and the table
+        of earlier ones (shared.gradient_table); a gradient that contradicts the client's
+        previous one along Σ̂ (shared.robust.ReplyHistory, with exact per-client gradients
+        and Σ̂ past its warm-up) is left out and the client's entry dropped. None when no
+        client is in the table."""
+        curvature = self._curvature if self.pool.gradients > 0 else None
+        exact = self.train_gradient == "full" and not self.noisy_targets
+        if exact and curvature is not None and self.precondition and self.pool.gradients >= self.warmup_gradients:
+            flagged = self.history.inconsistent(pids, grads, self._weights, curvature)
+            log_inconsistent(pids, flagged)
+            keep = keep & ~flagged
+        self.history.record(pids, grads, self._weights)
+        for pid, grad, weight, kept in zip(pids, grads, rows, keep):
+            if kept:
+                self.table.update(pid, weight, grad, self._weights)
+            else:
+                self.table.remove(pid)
+        return self.table.estimate(self._weights, curvature) if len(self.table) else None
+
+    def _curvature(self, v: np.ndarray) -> np.ndarray:
+        """Σ̂·v for a vector (d,) or the columns of a matrix (d, m); 0 without a dense Σ̂."""
+        sigma = self.sigma_hat
+        return np.zeros_like(v) if sigma is None else sigma @ v
 
     def _exact_gradients(self) -> bool:
         """Whether ḡ is the exact gradient of the federation's quadratic loss (every

@@ -14,7 +14,9 @@ with p_i = N_i / N over the clients heard from, Ḡ = Σ p_i g_i and W̄ = Σ p_
 clients). For least squares g_i(w) = Σ_i w − b_i exactly, so the only error is
 Σ_i p_i (Σ_i − Σ̂)(w − w_i): it vanishes as the iterates settle (w − w_i → 0),
 which is why the estimate converges to the exact optimum where the plain mean
-stalls. Without a curvature estimate (Σ̂ = 0) it is SAG's stale-gradient average
+stalls. When every client in the table replied at w, the estimate is their weighted mean
+computed afresh, in partition order (bit for bit the plain mean, with no drift of
+the running sums). Without a curvature estimate (Σ̂ = 0) it is SAG's stale-gradient average
 (Schmidt, Le Roux and Bach, 2017). With Σ̂ = H and the step
 w ← w − (H + l·I)⁻¹ ĝ(w) it is FedNL-PP's update (``shared.fednl``); gradcov
 gets its H from calibrated probes instead of compressed client Hessians.
@@ -48,6 +50,22 @@ class GradientTable:
     def __len__(self) -> int:
         """The number of clients heard from."""
         return len(self._rows)
+
+    def members(self) -> tuple[int, ...]:
+        """Partition ids in the estimate, sorted."""
+        return tuple(sorted(self._rows))
+
+    def current(self, w: np.ndarray) -> bool:
+        """Whether every gradient in the table was taken at w (the estimate is then exact)."""
+        return all(np.array_equal(point, w) for point in self._points.values())
+
+    def remove(self, partition: int) -> None:
+        """Drop a client's entry (e.g. one caught sending a gradient that contradicts its last)."""
+        rows = self._rows.pop(partition, None)
+        if rows is not None:
+            self._grad_sum -= rows * self._gradients.pop(partition)
+            self._point_sum -= rows * self._points.pop(partition)
+            self._total -= rows
 
     def update(self, partition: int, rows: float, gradient: np.ndarray, point: np.ndarray) -> None:
         """Replace a client's entry.
@@ -90,8 +108,13 @@ class GradientTable:
         ValueError
             Before any client was heard from.
         """
-        if not self._total:
+        if not self._rows:
             raise ValueError("no client in the gradient table yet")
+        if self.current(w):  # every client replied at w: their weighted mean, bit for bit, no drift
+            members = self.members()
+            return np.average(
+                np.stack([self._gradients[i] for i in members]), axis=0, weights=[self._rows[i] for i in members]
+            )
         mean_gradient = self._grad_sum / self._total
         if curvature is None:
             return mean_gradient

@@ -20,6 +20,7 @@ COLUMNS = (
     "bytes_down",
     "clients_replied",
     "clients_failed",
+    "clients_rejected",
     "seconds",
 )
 

@@ -133,3 +133,48 @@ def test_stragglers_sleep_the_delay_every_round_and_only_they(monkeypatch):
     for pid in range(6):
         plan.straggle(pid)
     assert slept == [2.5] * 3 and len(plan.stragglers) == 3
+
+
+REJECTED_KINDS = {"nan", "inf", "wrong_shape", "inflate_count", "flood"}
+
+
+@pytest.mark.parametrize("kind", BYZANTINE_KINDS)
+def test_a_run_with_one_byzantine_client_of_each_kind_finishes(kind, tmp_path):
+    """No kind crashes a round; the malformed ones are rejected (and counted) every round."""
+    from _support import read_rounds_raw, run_inline_scenario, write_scenario
+
+    path = write_scenario(tmp_path / "s.toml", (
+        "seed = 3\n[data]\ndim = 4\nrows_per_client = 40\n[clients]\ncount = 6\n"
+        "[protocol]\nbatch_size = 8\nprobes = 3\n[stop]\nmax_rounds = 3\n"
+        f'[faults]\nbyzantine = 1\nbyzantine_kind = "{kind}"\n'
+    ))
+    run_inline_scenario(path, tmp_path / "out")
+    rows = read_rounds_raw(tmp_path / "out" / "rounds.csv")
+    assert len(rows) >= 1 and all(np.isfinite(float(r["excess_risk"])) for r in rows)
+    expected = "1" if kind in REJECTED_KINDS else "0"
+    assert {r["clients_rejected"] for r in rows} == {expected}
+    assert {r["clients_replied"] for r in rows} == {"5" if kind in REJECTED_KINDS else "6"}
+    assert {r["clients_failed"] for r in rows} == {"0"}
+
+
+def test_screen_replies_names_each_problem():
+    """Lies a faults kind does not cover: a wrong partition id, local rows, a duplicate, a missing record."""
+    from server.replies import screen_replies
+
+    sc = scenario()
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
+    grid = InlineGrid(client_app, node_configs(sc), run_config_for(sc.model_dump_json(), "", "inline"))
+    strategy = GradCovStrategy(4, batch_size=8, probes=3, seed=3)
+    messages = list(strategy.configure_train(1, ArrayRecord({p.WEIGHTS: Array(np.zeros(4))}), ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages)
+    partition_of = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
+    rows_of = dict.fromkeys(partition_of, 40)
+    requests = {m.metadata.dst_node_id: m for m in messages}
+    kept, rejected = screen_replies(replies, requests, partition_of, rows_of)
+    assert rejected == 0 and len(kept) == 6
+    replies[0].content[p.METRICS][p.PARTITION_ID] = 5
+    replies[1].content[p.METRICS][p.LOCAL_ROWS] = 1
+    del replies[2].content[p.METRICS]
+    replies[3].content[p.ARRAYS][p.UPDATE] = Array(np.zeros(3))
+    kept, rejected = screen_replies(replies + [replies[5]], requests, partition_of, rows_of)
+    assert rejected == 5 and kept == replies[4:6]
