@@ -23,6 +23,14 @@ def byzantine_partitions(scenario: Scenario) -> frozenset[int]:
     return _draw(scenario.seed, BYZANTINE_STREAM, scenario.clients.count, scenario.faults.byzantine)
 
 
+def untrusted_training(scenario: Scenario) -> frozenset[int]:
+    """Partitions whose training contribution never honestly reaches the server: the
+    Byzantine ones, except with ``uncalibrated`` (those lie in their probes only)."""
+    if scenario.faults.byzantine_kind == "uncalibrated":
+        return frozenset()
+    return byzantine_partitions(scenario)
+
+
 def straggler_partitions(scenario: Scenario) -> frozenset[int]:
     """Partition ids that reply ``faults.straggler_delay`` seconds late every round."""
     count = scenario.clients.count

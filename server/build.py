@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 from flwr.app import ConfigRecord
 
-from scenarios.faults import byzantine_partitions
+from scenarios.faults import untrusted_training
 from scenarios.federation import Federation, build_federation
 from scenarios.loader import ScenarioError
 from scenarios.schema import Scenario
@@ -37,14 +37,14 @@ def oracle_for(scenario: Scenario) -> tuple[Federation | None, LeastSquaresOracl
     (cached per federation: a comparison runs many methods on the same data).
     (None, None) when each node brings its own data (data.kind = "nodes").
 
-    With ``faults.byzantine`` clients the oracle holds the honest clients' rows only:
-    a Byzantine client's data never reaches the server, so the honest optimum (and
-    their Σ) is what a robust run can reach.
+    With ``faults.byzantine`` clients the oracle holds the honest clients' rows only
+    (scenarios.faults.untrusted_training): a Byzantine client's data never reaches the
+    server, so the honest optimum (and their Σ) is what a robust run can reach.
     """
     if not scenario.has_oracle():
         return None, None
     fed = build_federation(scenario)
-    return fed, _oracle(fed, byzantine_partitions(scenario))
+    return fed, _oracle(fed, untrusted_training(scenario))
 
 
 @lru_cache(maxsize=2)

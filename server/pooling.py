@@ -7,6 +7,7 @@ over all clients at once.
 
 from __future__ import annotations
 
+import copy
 from logging import WARNING
 
 import numpy as np
@@ -14,7 +15,11 @@ from flwr.app import Message
 from flwr.supercore import log
 
 from shared import protocol as p
-from shared.robust import NORM_FACTOR, SCATTER_FACTOR, near_median, scatter_sizes
+from shared.estimators import CovariancePool
+from shared.preconditioner import default_ridge, ridge_preconditioner
+from shared.robust import NORM_FACTOR, near_median, scatter_sizes, typical
+
+WHITEN_MAX_DIM = 2000  # above, P·scatter per client costs more than the round: plain traces
 
 
 def partition_ids(replies: list[Message]) -> list[int]:
@@ -22,9 +27,9 @@ def partition_ids(replies: list[Message]) -> list[int]:
     return [int(r.content[p.METRICS][p.PARTITION_ID]) for r in replies]
 
 
-def probe_screen(replies: list[Message], coefficients: np.ndarray) -> np.ndarray:
-    """Which replies' probes may join the pool: those whose own tr(Σ̂) is within
-    SCATTER_FACTOR of the round's median (shared.robust.scatter_sizes).
+def probe_screen(replies: list[Message], coefficients: np.ndarray, pool, ridge_fraction: float) -> np.ndarray:
+    """Which replies' probes may join the pool: those whose size, tr(P·Σ̂_i) with P
+    from the pool plus this whole round, is typical of the round (shared.robust).
 
     Parameters
     ----------
@@ -32,26 +37,49 @@ def probe_screen(replies: list[Message], coefficients: np.ndarray) -> np.ndarray
         K validated replies of one round, all with probes of one shape.
     coefficients : ndarray of shape (K, levels)
         Each reply's calibration coefficients.
+    pool : CovariancePool or SketchPool
+        The strategy's pool (not changed). A dense pool up to WHITEN_MAX_DIM gives P;
+        otherwise the plain trace is measured.
+    ridge_fraction : float
+        λ of P as a fraction of tr(Σ̂)/d.
 
     Returns
     -------
     ndarray of bool, shape (K,)
     """
     probes = np.stack([r.content[p.ARRAYS][p.PROBE_GRADS].numpy() for r in replies])
-    sizes = scatter_sizes(probes, coefficients)
-    keep = near_median(sizes, SCATTER_FACTOR)
+    sizes = scatter_sizes(probes, coefficients, _whitener(pool, probes, coefficients, ridge_fraction))
+    keep = typical(sizes)
     if not keep.all():
         median = float(np.median(sizes))
         for pid, size in zip(np.array(partition_ids(replies))[~keep], sizes[~keep]):
-            log(WARNING, "probes of partition %d left out of Σ̂: their tr(Σ̂) is %.3g× the round's median",
+            log(WARNING, "probes of partition %d left out of Σ̂: their size is %.3g× the round's median",
                 pid, size / median)
     return keep
+
+
+def _whitener(pool, probes: np.ndarray, coefficients: np.ndarray, ridge_fraction: float) -> np.ndarray | None:
+    """P = (Σ̂ + λI)⁻¹ of the pool with every client of this round in (one lying client
+    moves it by 1/K), or None (low-rank pool, d above WHITEN_MAX_DIM, no usable Σ̂)."""
+    if not isinstance(pool, CovariancePool) or pool.dim > WHITEN_MAX_DIM:
+        return None
+    trial = copy.deepcopy(pool)
+    for probe, coef in zip(probes, coefficients):
+        trial.add(probe, coef)
+    sigma = trial.estimate()
+    lam = default_ridge(sigma, ridge_fraction) if sigma is not None else 0.0
+    if not lam > 0:
+        return None
+    try:
+        return ridge_preconditioner(sigma, lam)
+    except ValueError:
+        return None
 
 
 def norm_screen(pids: list[int], grads: np.ndarray) -> np.ndarray:
     """Which gradients (K, d) are at most NORM_FACTOR times the round's median norm."""
     norms = np.linalg.norm(grads, axis=1)
-    keep = near_median(norms, NORM_FACTOR, two_sided=False)
+    keep = near_median(norms, NORM_FACTOR)
     for pid, norm in zip(np.array(pids)[~keep], norms[~keep]):
         log(WARNING, "gradient of partition %d left out of ḡ: %.3g× the round's median norm",
             pid, norm / float(np.median(norms)))

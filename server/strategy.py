@@ -294,7 +294,7 @@ class GradCovStrategy(Strategy):
                                    self.natural_var)
             for r in replies
         ])
-        return probe_screen(replies, coefs)
+        return probe_screen(replies, coefs, self.pool, self.ridge_fraction)
 
     def _federation_gradient(
         self, pids: list[int], grads: np.ndarray, rows: np.ndarray, keep: np.ndarray
@@ -307,7 +307,7 @@ class GradCovStrategy(Strategy):
         curvature = self._curvature if self.pool.gradients > 0 else None
         exact = self.train_gradient == "full" and not self.noisy_targets
         if exact and curvature is not None and self.precondition and self.pool.gradients >= self.warmup_gradients:
-            flagged = self.history.inconsistent(pids, grads, self._weights, curvature)
+            flagged = self.history.inconsistent(pids, grads, self._weights, curvature, lambda v: self.preconditioner @ v)
             log_inconsistent(pids, flagged)
             keep = keep & ~flagged
         self.history.record(pids, grads, self._weights)

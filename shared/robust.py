@@ -34,14 +34,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-SCATTER_FACTOR = 10.0  # a client's tr(Σ̂) this far from the round's median: left out of the pool
+TYPICAL_MIN_FACTOR = 3.0  # a client's tr(PΣ̂_i) within this factor of the round's median is always typical
+TYPICAL_SPREADS = 8.0  # … and within this many robust standard deviations of log-sizes
 NORM_FACTOR = 10.0  # a gradient this many times the round's median norm: left out of ḡ
 CURVATURE_BAND = (0.2, 5.0)  # honest Δwᵀ Σ_i Δw / Δwᵀ Σ̂ Δw lies well inside this
+RESIDUAL_LIMIT = 3.0  # honest ‖Δg − Σ̂Δw‖_P / ‖Σ̂Δw‖_P: about the whitened error of Σ_i and Σ̂ (< 1.5)
 MIN_CLIENTS = 3  # a median over fewer clients says nothing about any one of them
 
 
-def scatter_sizes(probes: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """Each client's own estimate of tr(Σ) from its probes at the top noise level.
+def scatter_sizes(probes: np.ndarray, coefficients: np.ndarray, whiten: np.ndarray | None = None) -> np.ndarray:
+    """Each client's own estimate of tr(Σ) (or of tr(PΣ)) from its probes at the top level.
 
     Parameters
     ----------
@@ -50,46 +52,59 @@ def scatter_sizes(probes: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     coefficients : ndarray of shape (K, levels)
         Their calibration coefficients (shared.calibration.estimator_coefficients);
         the top level's turns the centred scatter into an estimate of Σ.
+    whiten : ndarray of shape (d, d) or None
+        P ≈ Σ̂⁻¹ (symmetric): measure tr(P·Σ̂_i), about d for every honest client
+        whatever Σ's spectrum, so noise or a wrong shape stands out, not only a wrong
+        scale. None: the plain trace.
 
     Returns
     -------
     ndarray of shape (K,)
-        a·tr(Σ_j (g_j − ḡ)(g_j − ḡ)ᵀ)/(k − 1) per client (no d × d matrix is formed).
+        a·tr(P Σ_j (g_j − ḡ)(g_j − ḡ)ᵀ)/(k − 1) per client (no d × d scatter is formed).
     """
     top = np.asarray(probes, dtype=float)[:, -1]
     centred = top - top.mean(axis=1, keepdims=True)
-    return np.asarray(coefficients)[:, -1] * np.einsum("kjd,kjd->k", centred, centred) / (top.shape[1] - 1)
+    weighted = centred if whiten is None else centred @ whiten
+    return np.asarray(coefficients)[:, -1] * np.einsum("kjd,kjd->k", centred, weighted) / (top.shape[1] - 1)
 
 
-def near_median(values: np.ndarray, factor: float, two_sided: bool = True) -> np.ndarray:
-    """Which values lie within ``factor`` of the median of the positive ones.
+def typical(values: np.ndarray, min_factor: float = TYPICAL_MIN_FACTOR, spreads: float = TYPICAL_SPREADS) -> np.ndarray:
+    """Which positive sizes are typical of the round: log-size within
+    max(log min_factor, spreads·σ̂) of the median log-size, σ̂ = 1.4826·MAD (the
+    robust standard deviation), so the band is as tight as the honest clients agree.
 
     Parameters
     ----------
     values : ndarray of shape (K,)
-        Non-negative sizes, one per client.
-    factor : float
-        > 1. Kept: value ≤ factor·median and, if ``two_sided``, ≥ median/factor.
-    two_sided : bool
-        Also drop values far below the median.
+    min_factor : float
+        The band is never narrower than a factor min_factor either way.
+    spreads : float
+        Its half-width in robust standard deviations of the log-sizes.
 
     Returns
     -------
     ndarray of bool, shape (K,)
-        All True when fewer than MIN_CLIENTS values (no meaningful median) or the
-        median is 0.
+        All True when fewer than MIN_CLIENTS values; non-positive values are never typical.
     """
     values = np.asarray(values, dtype=float)
-    keep = np.ones(len(values), dtype=bool)
     if len(values) < MIN_CLIENTS:
-        return keep
-    median = float(np.median(values))
-    if not median > 0:
-        return keep
-    keep &= values <= factor * median
-    if two_sided:
-        keep &= values >= median / factor
-    return keep
+        return np.ones(len(values), dtype=bool)
+    positive = values > 0
+    if positive.sum() < MIN_CLIENTS:
+        return positive
+    logs = np.log(np.where(positive, values, 1.0))
+    centre = float(np.median(logs[positive]))
+    spread = 1.4826 * float(np.median(np.abs(logs[positive] - centre)))
+    return positive & (np.abs(logs - centre) <= max(np.log(min_factor), spreads * spread))
+
+
+def near_median(values: np.ndarray, factor: float) -> np.ndarray:
+    """Which non-negative values are at most ``factor`` times the median (all True with
+    fewer than MIN_CLIENTS values or a zero median)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < MIN_CLIENTS or not float(np.median(values)) > 0:
+        return np.ones(len(values), dtype=bool)
+    return values <= factor * float(np.median(values))
 
 
 def curvature_ratios(steps: np.ndarray, changes: np.ndarray, sigma_steps: np.ndarray) -> np.ndarray:
@@ -121,7 +136,8 @@ class ReplyHistory:
         self._last: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def inconsistent(
-        self, pids: list[int], grads: np.ndarray, w: np.ndarray, curvature: Callable[[np.ndarray], np.ndarray]
+        self, pids: list[int], grads: np.ndarray, w: np.ndarray, curvature: Callable[[np.ndarray], np.ndarray],
+        precondition: Callable[[np.ndarray], np.ndarray],
     ) -> np.ndarray:
         """Which of this round's gradients contradict the same client's previous one.
 
@@ -132,14 +148,16 @@ class ReplyHistory:
         grads : ndarray of shape (K, d)
             Their gradients, all at ``w``.
         w : ndarray of shape (d,)
-        curvature : callable
-            V ↦ Σ̂V for a (d, m) matrix of columns.
+        curvature, precondition : callable
+            V ↦ Σ̂V and V ↦ PV, P ≈ Σ̂⁻¹, for a (d, m) matrix of columns.
 
         Returns
         -------
         ndarray of bool, shape (K,)
-            True where Δwᵀ Δg / Δwᵀ Σ̂ Δw falls outside CURVATURE_BAND; False for
-            clients with no earlier reply, or a move too short to measure.
+            True where Δwᵀ Δg / Δwᵀ Σ̂ Δw falls outside CURVATURE_BAND (a sign flip
+            gives −1), or the whitened residual ‖Δg − Σ̂Δw‖_P / ‖Σ̂Δw‖_P exceeds
+            RESIDUAL_LIMIT (noise does, once steps are short); False for clients with
+            no earlier reply, or a move too short to measure.
         """
         flagged = np.zeros(len(pids), dtype=bool)
         rows = [k for k, pid in enumerate(pids) if pid in self._last]
@@ -151,8 +169,13 @@ class ReplyHistory:
         ratio = curvature_ratios(steps, changes, sigma_steps)
         scale = np.linalg.norm(steps, axis=1) * (np.linalg.norm(grads[rows], axis=1) + np.linalg.norm(changes, axis=1))
         measurable = np.einsum("kd,kd->k", steps, sigma_steps) > ROUND_OFF * scale
+        both = np.concatenate([changes - sigma_steps, sigma_steps]).T  # (d, 2K): residuals, then Σ̂Δw
+        squares = np.einsum("dk,dk->k", both, precondition(both))  # ‖v‖_P² of each column
+        residual, base = squares[: len(rows)], squares[len(rows):]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            whitened = np.where(base > 0, np.sqrt(np.maximum(residual, 0.0) / base), np.inf)
         low, high = CURVATURE_BAND
-        flagged[rows] = measurable & ~((ratio >= low) & (ratio <= high))
+        flagged[rows] = measurable & (~((ratio >= low) & (ratio <= high)) | (whitened > RESIDUAL_LIMIT))
         return flagged
 
     def record(self, pids: list[int], grads: np.ndarray, w: np.ndarray) -> None:

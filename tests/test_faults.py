@@ -19,7 +19,7 @@ from server.strategy import GradCovStrategy
 from shared import protocol as p
 
 SMALL = {"seed": 3, "data": {"dim": 4, "rows_per_client": 40}, "clients": {"count": 6},
-         "protocol": {"batch_size": 8, "probes": 3}, "stop": {"max_rounds": 2}}
+         "protocol": {"batch_size": 16, "probes": 3}, "stop": {"max_rounds": 2}}
 
 
 def scenario(**faults):
@@ -145,7 +145,7 @@ def test_a_run_with_one_byzantine_client_of_each_kind_finishes(kind, tmp_path):
 
     path = write_scenario(tmp_path / "s.toml", (
         "seed = 3\n[data]\ndim = 4\nrows_per_client = 40\n[clients]\ncount = 6\n"
-        "[protocol]\nbatch_size = 8\nprobes = 3\n[stop]\nmax_rounds = 3\n"
+        "[protocol]\nbatch_size = 16\nprobes = 3\n[stop]\nmax_rounds = 3\n"
         f'[faults]\nbyzantine = 1\nbyzantine_kind = "{kind}"\n'
     ))
     run_inline_scenario(path, tmp_path / "out")
@@ -164,7 +164,7 @@ def test_screen_replies_names_each_problem():
     sc = scenario()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
     grid = InlineGrid(client_app, node_configs(sc), run_config_for(sc.model_dump_json(), "", "inline"))
-    strategy = GradCovStrategy(4, batch_size=8, probes=3, seed=3)
+    strategy = GradCovStrategy(4, batch_size=16, probes=3, seed=3)
     messages = list(strategy.configure_train(1, ArrayRecord({p.WEIGHTS: Array(np.zeros(4))}), ConfigRecord(), grid))
     replies = grid.send_and_receive(messages)
     partition_of = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
