@@ -15,7 +15,6 @@ looks like once its time is up.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from flwr.common.constant import ErrorCode
 from scenarios.faults import CORRUPT_STREAM, DROPOUT_STREAM, byzantine_partitions, straggler_partitions
 from scenarios.schema import Scenario
 from shared import protocol as p
+from shared.deadline import sleep
 
 SCALE = 1e6  # byzantine_kind = "scale"
 COUNT_FACTOR = 10**9  # byzantine_kind = "inflate_count"
@@ -64,9 +64,10 @@ class FaultPlan:
         return bool(np.random.default_rng([self.seed, DROPOUT_STREAM, pid, rnd]).random() < self.dropout)
 
     def straggle(self, pid: int) -> None:
-        """Sleep ``straggler_delay`` seconds if ``pid`` is a straggler."""
+        """Sleep ``straggler_delay`` seconds if ``pid`` is a straggler (shared.deadline.sleep:
+        on the inline engine the sleep ends at the round's deadline and the call fails)."""
         if pid in self.stragglers and self.straggler_delay > 0:
-            time.sleep(self.straggler_delay)
+            sleep(self.straggler_delay)
 
     def noise_levels(self, pid: int, levels: list[float]) -> list[float]:
         """The noise multipliers c this client actually uses: all 0 for an

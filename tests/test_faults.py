@@ -128,7 +128,7 @@ def test_corrupt_array_leaves_other_kinds_alone():
 
 def test_stragglers_sleep_the_delay_every_round_and_only_they(monkeypatch):
     slept = []
-    monkeypatch.setattr("client.faults.time.sleep", slept.append)
+    monkeypatch.setattr("client.faults.sleep", slept.append)
     plan = plan_for(scenario(stragglers=0.5, straggler_delay=2.5))
     for pid in range(6):
         plan.straggle(pid)
