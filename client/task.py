@@ -16,6 +16,7 @@ cohort can draw client by client and then compute everything stacked.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,12 +59,19 @@ class LinearModel:
 
         Returns (b, d): X_Bᵀ(X_B w − y_B)/n per batch.
         """
-        Xt = torch.as_tensor(X, dtype=torch.float64)
-        wt = torch.as_tensor(w, dtype=torch.float64)
+        Xt, wt, yt = (read_only_tensor(a) for a in (X, w, y))
         if wt.ndim == 1:
             wt = wt.expand(Xt.shape[0], -1)
-        residual = batched_matvec(Xt, wt) - torch.as_tensor(y, dtype=torch.float64)
+        residual = batched_matvec(Xt, wt) - yt
         return (batched_matvec(Xt.transpose(1, 2), residual) / Xt.shape[1]).numpy()
+
+
+def read_only_tensor(a: np.ndarray) -> torch.Tensor:
+    """A float64 tensor sharing ``a``'s memory. Shards are read-only views (one copy of the
+    data for every client); torch warns about those on every run, but nothing here writes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.as_tensor(a, dtype=torch.float64)
 
 
 class ModuleModel:

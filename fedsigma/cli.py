@@ -100,8 +100,16 @@ def print_error(err: Console, message: str) -> None:
         err.print(escape(line), highlight=False, soft_wrap=True, style="dim")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``error:`` line (exit 2) like every other bad input."""
+
+    def error(self, message: str):  # noqa: D102
+        sys.stderr.write(f"error: {self.prog}: {message}; see {self.prog} --help\n")
+        sys.exit(EXIT_USAGE)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fedsigma",
         description="Federated linear regression preconditioned by Σ recovered from calibrated gradients.",
     )
