@@ -30,6 +30,7 @@ from shared.threads import single_thread
 SIGMA_METRICS_MAX_DIM = 1000
 SIGMA_FILES_MAX_DIM = 2000
 HANDSHAKE_TIMEOUT = 600.0  # seconds for every node to connect and say which partition it serves
+REJOIN_TIMEOUT = 30.0  # seconds for the handshake of a node that (re)joins mid-run
 DIVERGED = 1e4  # relative excess risk: 10⁴× worse than the start is not coming back
 # Rounds in a row in which no sampled client replied before the run stops with their error
 # (one round could be bad luck with faults or sampling; three is a client that cannot work).
@@ -56,8 +57,9 @@ def run_federation(
         _, oracle = oracle_for(scenario)
         strategy, train_config, lr, local_lr = strategy_for(scenario, method, oracle)
         random.seed(scenario.seed)  # Flower's strategies sample nodes with `random`
-        view = PartitionGrid(grid, scenario.clients.count, timeout=HANDSHAKE_TIMEOUT)
         timeout = scenario.training.round_timeout
+        view = PartitionGrid(grid, scenario.clients.count, timeout=HANDSHAKE_TIMEOUT,
+                             rejoin_timeout=min(timeout, REJOIN_TIMEOUT))
         w = np.zeros(scenario.dim())
         arrays = ArrayRecord({p.WEIGHTS: Array(w)})
         privacy = PrivacyLedger()
@@ -69,7 +71,7 @@ def run_federation(
             arrays = ArrayRecord({key: Array(value) for key, value in state["arrays"].items()})
             w = arrays[p.WEIGHTS].numpy()
             random.setstate(state["random"])
-            view.bytes_up, view.bytes_down, view.failed = state["counters"]
+            view.restore(state["counters"])
             started -= state["seconds"]
             forget_clients = getattr(strategy, "clients_restarted", None)
             if forget_clients:  # new client processes: what they were sent earlier is gone
@@ -114,7 +116,7 @@ def run_federation(
                 state = {
                     "arrays": {key: array.numpy() for key, array in arrays.items()}, "strategy": strategy,
                     "privacy": privacy, "rows": rows, "random": random.getstate(),
-                    "counters": (view.bytes_up, view.bytes_down, view.failed), "seconds": time.time() - started,
+                    "counters": view.counters(), "seconds": time.time() - started,
                 }
                 checkpoint.save(out_dir, {"round": rnd, **meta}, state)
                 silent = silent + 1 if last["clients_replied"] == 0 else 0

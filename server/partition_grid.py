@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from logging import INFO, WARNING
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore import log
 
 from server.replies import screen_replies
 from shared import protocol as p
@@ -39,10 +41,22 @@ class PartitionGrid(Grid):
         Wait until this many nodes are connected before the handshake.
     timeout : float
         Seconds to wait for nodes and for handshake replies.
+    rejoin_timeout : float
+        Seconds to wait for the handshake of a node that connects mid-run.
+
+    Membership is refreshed whenever the node list is asked for (once a round): a
+    node that left keeps its place in the list (positions, and so sampling, stay
+    the same) and messages to it count as failed without being sent; a node that
+    connects under a new id is handshaken, and if it serves the partition of a node
+    that left, takes that node's place — a restarted SuperNode is used again.
     """
 
-    def __init__(self, grid: Grid, expected_nodes: int, timeout: float = 120.0) -> None:
+    def __init__(self, grid: Grid, expected_nodes: int, timeout: float = 120.0, rejoin_timeout: float = 30.0) -> None:
         self.inner = grid
+        self.rejoin_timeout = rejoin_timeout
+        self._refused: set[int] = set()  # connected nodes that will not serve: never asked again
+        self._standby: dict[int, int] = {}  # partition → a newcomer serving it, until its old node leaves
+        self._standby_rows: dict[int, int] = {}
         self.bytes_up = 0
         self.bytes_down = 0
         self.failed = 0  # sampled nodes with no usable reply: errors and timeouts
@@ -66,11 +80,63 @@ class PartitionGrid(Grid):
         if len(set(ids)) != len(ids):
             raise RuntimeError(f"two nodes claim the same partition id: {ids}")
         self._order = sorted(self.partition_of, key=self.partition_of.__getitem__)
+        self._online = set(self._order)
 
     # -- the view ------------------------------------------------------------
     def get_node_ids(self) -> list[int]:
-        """Connected node ids, ordered by the partition each serves."""
+        """One node id per partition, in partition order: the node serving it now, or
+        the last one that did if it left (see the class docstring)."""
+        self._refresh()
         return list(self._order)
+
+    def counters(self) -> dict[str, int]:
+        """The running counters (bytes, failed and other client counts), for a checkpoint."""
+        return {name: value for name, value in vars(self).items() if type(value) is int}
+
+    def restore(self, counters: dict[str, int]) -> None:
+        """Continue from :meth:`counters` of an earlier run."""
+        for name, value in counters.items():
+            setattr(self, name, value)
+
+    def _refresh(self) -> None:
+        """Note which nodes are connected; handshake newcomers, and let one that serves
+        the partition of a node that left take its place (a newcomer whose partition's
+        node still counts as connected — a crashed SuperNode does until its heartbeat
+        lapses — waits on standby until it does not)."""
+        self._online = set(self.inner.get_node_ids())
+        new = sorted(n for n in self._online
+                     if n not in self.partition_of and n not in self._refused and n not in self._standby.values())
+        if new:
+            self._handshake(new)
+        by_partition = {pid: node for node, pid in self.partition_of.items()}
+        for pid, node in list(self._standby.items()):
+            old = by_partition[pid]
+            if node not in self._online:  # gone again before it was used
+                del self._standby[pid], self._standby_rows[node]
+            elif old not in self._online:
+                log(INFO, "partition %d is back as node %d (was node %d)", pid, node, old)
+                self._order[self._order.index(old)] = node
+                del self.partition_of[old], self.rows_of[old], self._standby[pid]
+                self.partition_of[node], self.rows_of[node] = pid, self._standby_rows.pop(node)
+
+    def _handshake(self, nodes: list[int]) -> None:
+        """Ask newcomers which partition they serve; a node that does not answer in time
+        is asked again at the next refresh."""
+        hello = [Message(RecordDict(), dst_node_id=node, message_type=f"query.{p.HELLO}") for node in nodes]
+        known = set(self.partition_of.values())
+        for reply in exchange(self.inner, hello, self.rejoin_timeout):
+            node = reply.metadata.src_node_id
+            try:
+                pid = int(reply.content[p.METRICS][p.PARTITION_ID])
+                rows = int(reply.content[p.METRICS][p.NUM_EXAMPLES])
+            except (KeyError, TypeError, ValueError):  # an error reply, or not our ClientApp
+                pid, rows = -1, 0
+            if pid not in known:
+                log(WARNING, "node %d joined but is not used: %s", node,
+                    "its handshake failed" if pid < 0 else f"this run has no partition {pid}")
+                self._refused.add(node)
+                continue
+            self._standby[pid], self._standby_rows[node] = node, rows
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Send, wait, and return the replies in partition order; count bytes and failures.
@@ -80,7 +146,8 @@ class PartitionGrid(Grid):
         """
         messages = list(messages)
         self.bytes_down += sum(payload_bytes(m) for m in messages)
-        replies = exchange(self.inner, messages, timeout)
+        # a node that left gets no message: it counts as failed at once, not after the timeout
+        replies = exchange(self.inner, [m for m in messages if m.metadata.dst_node_id in self._online], timeout)
         self.bytes_up += sum(payload_bytes(r) for r in replies)
         rank = {node: i for i, node in enumerate(self._order)}
         replies = sorted(replies, key=lambda r: rank.get(r.metadata.src_node_id, len(rank)))
@@ -115,7 +182,7 @@ class PartitionGrid(Grid):
 def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
     """Push messages, then pull their replies every POLL_SECONDS until all are in or
     ``timeout`` s have passed (Grid.send_and_receive, with a shorter poll)."""
-    waiting = set(grid.push_messages(messages))
+    waiting = {mid for mid in grid.push_messages(messages) if mid}  # None: not accepted by the SuperLink
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while waiting:

@@ -187,7 +187,7 @@ def run_deployment(
                 )
                 started.append(fp.start(_resolve(cmd), env, log))
             run_id = _submit(tmp, run_config, env, log)
-            _follow(run_id, env, log, log_path, started + [p for p in (link,) if p], timeout)
+            _follow(run_id, env, log, log_path, link, started, timeout)
         except BaseException:
             if run_id is not None and link is None:  # a SuperLink we do not own: stop our run on it
                 _flwr(["stop", str(run_id), fp.CONNECTION], env, log, timeout=60, check=False)
@@ -306,9 +306,15 @@ def run_status(run_id: int, env: dict, log) -> str:
         return f"unknown ({_json_error(out)})"
 
 
-def _follow(run_id: int, env: dict, log, log_path: Path, ours: list[subprocess.Popen], timeout: float) -> None:
+def _follow(
+    run_id: int, env: dict, log, log_path: Path, link: subprocess.Popen | None, nodes: list[subprocess.Popen],
+    timeout: float,
+) -> None:
     """Stream the run's logs into the log until it finishes; fail if it did not complete,
-    if one of our processes died, or after ``timeout`` seconds."""
+    if the SuperLink we started died, or after ``timeout`` seconds. A SuperNode that dies
+    is only logged: the run goes on with the others (its rounds count it as failed), and
+    a SuperNode started again joins it (server.partition_grid)."""
+    nodes = list(nodes)
     deadline = time.monotonic() + timeout
     stream = fp.start([fp.flower_command("flwr"), "log", str(run_id), fp.CONNECTION, "--stream"],
                       env, log, cwd=Path(env["FLWR_HOME"]))
@@ -322,12 +328,16 @@ def _follow(run_id: int, env: dict, log, log_path: Path, ours: list[subprocess.P
                 if status.startswith(FINISHED):
                     break
                 next_poll = time.monotonic() + 3.0
-            dead = [p for p in ours if p.poll() is not None]
-            if dead:
+            if link is not None and link.poll() is not None:
                 raise fp.EngineError(
-                    f"{Path(dead[0].args[0]).name} (pid {dead[0].pid}) exited with code {dead[0].returncode} "
+                    f"flower-superlink (pid {link.pid}) exited with code {link.returncode} "
                     f"during run {run_id}; log {log_path}:\n{fp.log_tail(log_path)}"
                 )
+            for node in [n for n in nodes if n.poll() is not None]:
+                nodes.remove(node)
+                log.write(f"fedsigma: flower-supernode (pid {node.pid}) exited with code {node.returncode}; "
+                          "the run goes on without it\n")
+                log.flush()
             if time.monotonic() > deadline:
                 raise fp.EngineError(f"run {run_id} did not finish within {timeout:.0f} s; log {log_path}")
             time.sleep(0.25)
