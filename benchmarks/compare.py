@@ -25,6 +25,7 @@ from rich.table import Table
 
 from fedsigma.experiments.compare import compare
 from scenarios.loader import load_scenario
+from server.methods import METHODS
 
 SCENARIOS = ("ill_conditioned", "non_iid", "diabetes")
 BYTES_METHODS = ["gradcov", "newton", "fedadam"]
@@ -54,9 +55,7 @@ def main() -> None:
 
 
 def _all_methods() -> list[str]:
-    from fedsigma.cli import DEFAULT_METHODS
-
-    return list(DEFAULT_METHODS)
+    return list(METHODS)
 
 
 def criteria(rows: list[dict], scenario, console: Console) -> None:

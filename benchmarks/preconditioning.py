@@ -33,14 +33,13 @@ from rich.table import Table
 
 from fedsigma.engines.dispatch import run_engine
 from scenarios.loader import load_scenario
-from server.build import GRADCOV_VARIANTS
 
-# The same overrides that define these methods in `fedsigma compare`
+# label → method (server.methods.METHODS: the same settings as `fedsigma compare` and `run --method`)
 VARIANTS = {
-    "gradcov (c = 1)": GRADCOV_VARIANTS["gradcov"],
-    "gradcov-differential": GRADCOV_VARIANTS["gradcov-differential"],
-    "gradcov-uncalibrated (c = 0)": GRADCOV_VARIANTS["gradcov-uncalibrated"],
-    "fedsgd (P = I)": GRADCOV_VARIANTS["fedsgd"],
+    "gradcov (c = 1)": "gradcov",
+    "gradcov-differential": "gradcov-differential",
+    "gradcov-uncalibrated (c = 0)": "gradcov-uncalibrated",
+    "fedsgd (P = I)": "fedsgd",
 }
 
 
@@ -69,14 +68,13 @@ def variants(args: argparse.Namespace, console: Console) -> None:
         table.add_column(col)
     rounds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sets in VARIANTS.items():
-            if name.startswith("fedsgd"):
-                sets = sets + [f"stop.max_rounds={args.fedsgd_max_rounds}"]
+        for name, method in VARIANTS.items():
+            sets = [f"stop.max_rounds={args.fedsgd_max_rounds}"] if method == "fedsgd" else []
             scenario = load_scenario(args.scenario, sets)
             out = Path(tmp) / str(len(rounds))
             started = time.perf_counter()
             console.print(f"running {name} …")
-            run_engine(scenario, out)
+            run_engine(scenario, out, method)
             summary = json.loads((out / "summary.json").read_text())
             final = summary["final"]
             rounds[name] = summary["rounds_to_target"]

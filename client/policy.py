@@ -9,10 +9,9 @@ the policy key, any request below the node's floor:
 =====================  =========  ==================================================
 node config key        default    refuses / enforces
 =====================  =========  ==================================================
-``min-batch-size``     16         probe and training batches of fewer rows
-``min-noise-var``      8.0        probe levels whose injected per-row target noise
-                                  variance is smaller (the privacy floor: with the
-                                  default bound, μ ≤ 2·10/√8 ≈ 7.1 per probe)
+``min-batch-size``     8          probe and training batches of fewer rows
+``min-noise-var``      1.0        probe levels whose injected per-row target noise
+                                  variance is smaller (the privacy floor)
 ``label-bound``        10.0       clips probe targets to [−B, B] (tighter than the
                                   server's ``label-clip`` wins); μ = 2B/σ_inj
 ``max-probes``         4096       more probe batches per noise level and round
@@ -78,8 +77,8 @@ class PolicyError(ValueError):
 class NodePolicy:
     """The node's floors and ceilings (see the module docstring for each key)."""
 
-    min_batch_size: int = 16
-    min_noise_var: float = 8.0
+    min_batch_size: int = 8
+    min_noise_var: float = 1.0
     label_bound: float = 10.0
     max_probes: int = 4096
     max_probe_mib: float = 512.0

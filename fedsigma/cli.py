@@ -27,13 +27,9 @@ from scenarios.loader import ScenarioError, apply_override, bundled_names, load_
 from scenarios.resources import check_resources, describe_estimate
 from scenarios.schema import Scenario
 from server import checkpoint
-from server.build import GRADCOV_VARIANTS, resolve_learning_rates
+from server.methods import METHODS, get_method, strategy_for
 
 ENGINES = ("inline", "simulation", "deployment")
-DEFAULT_METHODS = (
-    "gradcov", "gradcov-uncalibrated", "gradcov-differential", "fedsgd", "fedavg",
-    "fedadam", "fedyogi", "fedadagrad", "oracle", "newton",
-)
 # Exit codes (README "Exit codes and limits"): 0 the run finished (target reached or round
 # budget spent); 1 it started but failed: diverged, every client failed, an engine error;
 # 2 bad input, refused before any folder or process exists; 130 interrupted; 143 SIGTERM.
@@ -122,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set protocol.batch_size=128 (repeatable)")
     run.add_argument("--out", type=Path, help="results folder (default: runs/<scenario>-<timestamp>/)")
-    run.add_argument("--method", choices=DEFAULT_METHODS,
-                     help="the server's method (default gradcov); see `fedsigma compare`")
+    run.add_argument("--method", choices=list(METHODS), metavar="METHOD",
+                     help="the server's method (default gradcov): " + "; ".join(
+                         f"{m.name}: {m.description}" for m in METHODS.values()))
     run.add_argument("--resume", type=Path, metavar="DIR",
                      help="continue the interrupted run in DIR from its last checkpoint (same code, scenario "
                           "and method; numbers as if never interrupted)")
@@ -143,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     cmp_ = sub.add_parser("compare", help="run one scenario with every method; tune learning rates; compare")
     cmp_.add_argument("scenario")
-    cmp_.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                      help="comma-separated, from: " + ", ".join(DEFAULT_METHODS))
+    cmp_.add_argument("--methods", default=",".join(METHODS),
+                      help="comma-separated, from: " + ", ".join(METHODS))
     cmp_.add_argument("--engine", choices=ENGINES)
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp_.add_argument("--max-rounds", type=int, help="round budget of every method (default: stop.max_rounds)")
@@ -160,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="the memory and time a scenario needs, term by term, and this machine's limit")
     est.add_argument("scenario")
     est.add_argument("--engine", choices=ENGINES)
-    est.add_argument("--method", default="gradcov", choices=DEFAULT_METHODS)
+    est.add_argument("--method", default="gradcov", choices=list(METHODS), metavar="METHOD")
     est.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     est.set_defaults(func=cmd_estimate)
     lst = sub.add_parser("list", help="list the bundled scenarios")
@@ -203,10 +200,7 @@ def cmd_reproduce(args, console: Console) -> int:
 
 
 def cmd_estimate(args, console: Console) -> int:
-    overrides = [*GRADCOV_VARIANTS.get(args.method, []), *args.overrides]
-    if args.engine:
-        overrides.append(f'engine="{args.engine}"')
-    scenario = load_scenario(args.scenario, overrides)
+    scenario = with_method(load_scenario(args.scenario, run_overrides(args)), args.method, args.overrides)
     console.print(escape(describe_estimate(scenario, args.method)), highlight=False)
     check_resources(scenario, args.method)
     return 0
@@ -225,7 +219,7 @@ def cmd_run(args, console: Console) -> int:
         if args.scenario is None:
             raise ScenarioError("scenario: name one (`fedsigma list` shows the bundled ones) or give --resume DIR")
         method = args.method or "gradcov"
-        scenario = load_scenario(args.scenario, run_overrides(args, method))
+        scenario = with_method(load_scenario(args.scenario, run_overrides(args)), method, args.overrides)
         out, done = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}", 0
     deploy = deployment_options(args, scenario)
     preflight(scenario, deploy, method)
@@ -266,11 +260,21 @@ def check_status(summary: dict) -> None:
         raise RunFailed(f"status {status}")
 
 
-def run_overrides(args, method: str) -> list[str]:
-    """The scenario overrides of ``run``: the method variant's own settings first
-    (gradcov-uncalibrated: c = 0), so the user's --set wins, then --engine."""
-    overrides = [*GRADCOV_VARIANTS.get(method, []), *args.overrides]
-    return overrides + ([f'engine="{args.engine}"'] if args.engine else [])
+def run_overrides(args) -> list[str]:
+    """The scenario overrides of ``run``: --set, then --engine."""
+    return [*args.overrides, *([f'engine="{args.engine}"'] if args.engine else [])]
+
+
+def with_method(scenario, method: str, overrides: list[str]):
+    """The scenario with the method's own settings (fedsgd: preconditioner off); a ``--set``
+    that contradicts one of them is an error, not silently replaced."""
+    entry = get_method(method)
+    given = {item.partition("=")[0].strip() for item in overrides}
+    for key in entry.differences(scenario):
+        if key in given:
+            raise ScenarioError(f"--set {key}: --method {method} sets it to {entry.settings[key]!r}; drop the "
+                                "--set or choose another method")
+    return entry.prepare(scenario)
 
 
 def resume_target(args) -> tuple[Scenario, str, Path, int]:
@@ -290,12 +294,13 @@ def resume_target(args) -> tuple[Scenario, str, Path, int]:
         raise ScenarioError(f"--resume: the run in {out} has finished ({status}); start a new one with --out")
     method = args.method or meta["method"]
     if args.scenario is not None:
-        scenario = load_scenario(args.scenario, run_overrides(args, method))
-    else:
+        scenario = load_scenario(args.scenario, run_overrides(args))
+    else:  # the checkpoint's scenario (the method's settings applied), with any --set on top
         raw = json.loads(meta["scenario"])
-        for item in run_overrides(args, method)[len(GRADCOV_VARIANTS.get(method, [])):]:
+        for item in run_overrides(args):
             apply_override(raw, item)
         scenario = validate(raw, f"the checkpoint in {out}")
+    scenario = with_method(scenario, method, args.overrides)
     try:
         checkpoint.check(meta, scenario.model_dump_json(), method)
     except checkpoint.CheckpointError as exc:
@@ -331,16 +336,18 @@ def deployment_options(args, scenario) -> DeployOptions:
     return opts
 
 
-def preflight(scenario, deploy: DeployOptions, method: str = "gradcov") -> None:
-    """Fail before any process starts on what only shows once the run has begun."""
-    if scenario.data.kind != "nodes":
+def preflight(scenario, deploy: DeployOptions, method: str) -> None:
+    """Fail before any process starts on what only shows once the run has begun: the
+    scenario with this method's settings must build its strategy."""
+    if scenario.has_oracle():  # the ServerApp has the true Σ: every method builds
         return
     if not scenario.data.paths and not deploy.no_supernodes:
         raise ScenarioError(
             f"data.paths: data.kind = 'nodes' on the {scenario.engine} engine needs one CSV per client in "
             "data.paths (SuperNodes started by you name theirs with --node-config data-path=...)"
         )
-    resolve_learning_rates(scenario, None, method)  # 'auto' without the preconditioner needs an oracle
+    # no true Σ: 'auto' without the preconditioner, and the oracle method, cannot start
+    strategy_for(scenario, method, oracle=None)
 
 
 def print_summary(summary: dict, out: Path, console: Console) -> None:

@@ -10,6 +10,7 @@ import json
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -95,6 +96,31 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if parts[-1] == "paths" and parts[:-1] == ["data"] and isinstance(value, list):
         value = [str(Path(v).resolve()) if isinstance(v, str) else v for v in value]
     node[parts[-1]] = value
+
+
+def updated(scenario: Scenario, settings: Mapping[str, Any]) -> Scenario:
+    """A copy of a parsed scenario with ``{"section.key": value}`` (or ``{"seed": value}``)
+    changed, each value validated with its section's checks; no file is read again.
+
+    The scenario itself is not changed (``model_copy``; sections are shared until replaced).
+    """
+    new = scenario.model_copy()
+    for key, value in settings.items():
+        *section, name = key.split(".")
+        try:
+            if not section:
+                setattr(new, name, value)  # validate_assignment: the field and the scenario's checks
+                continue
+            if len(section) != 1 or section[0] not in Scenario.model_fields:
+                raise ScenarioError(f"{key}: not a scenario key of the form section.key")
+            part = getattr(new, section[0]).model_copy()
+            setattr(part, name, value)  # validate_assignment: the field and the section's checks
+            new = new.model_copy(update={section[0]: part})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ScenarioError(msg if ":" in msg.split(" ")[0] else f"{key}: {msg} (got {value!r})") from None
+    return new
 
 
 def validate(raw: dict[str, Any], source: str = "scenario") -> Scenario:

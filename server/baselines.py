@@ -85,20 +85,12 @@ class NewtonStrategy(GradCovStrategy):
         self._version += 1
 
 
-FLOWER_STRATEGIES = {
-    "fedavg": flower.FedAvg,
-    "fedadam": flower.FedAdam,
-    "fedyogi": flower.FedYogi,
-    "fedadagrad": flower.FedAdagrad,
-}
-
-
-def flower_strategy(name: str, learning_rate: float, fraction: float, local_lr: float):
-    """One of Flower's strategies, as shipped; ``learning_rate`` is the server η
-    of the adaptive ones (FedAvg has none: its step is the clients' ``local_lr``)."""
-    cls = FLOWER_STRATEGIES[name]
+def flower_strategy(cls: type, learning_rate: float, fraction: float, local_lr: float):
+    """One of Flower's strategies (e.g. ``flwr.serverapp.strategy.FedAdam``), as shipped;
+    ``learning_rate`` is the server η of the adaptive ones (FedAvg has none: its step
+    is the clients' ``local_lr``)."""
     common = dict(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
-    if name == "fedavg":
+    if cls is flower.FedAvg:
         return cls(**common)
     return cls(**common, eta=learning_rate, eta_l=local_lr)
 

@@ -16,7 +16,8 @@ from flwr.serverapp import Grid
 
 from scenarios.schema import Scenario
 from server import checkpoint
-from server.build import oracle_for, strategy_for
+from server.build import oracle_for
+from server.methods import get_method, strategy_for
 from server.partition_grid import PartitionGrid
 from server.privacy_ledger import PrivacyLedger
 from server.strategy import GradCovStrategy
@@ -40,8 +41,8 @@ ALL_FAILED_ROUNDS = 3
 def run_federation(
     grid: Grid, scenario: Scenario, out_dir: Path, engine: str, method: str = "gradcov", resume: bool = False,
 ) -> dict:
-    """Run a scenario with one method (see server.build.METHODS) until the target
-    or the round budget; write results.
+    """Run a scenario with one method (a name in server.methods.METHODS, whose settings
+    are applied to the scenario first) until the target or the round budget; write results.
 
     Writes rounds.csv (row by row) and a checkpoint after every round
     (server.checkpoint), then summary.json, sigma_hat.npy, sigma_true.npy, w.npy
@@ -50,6 +51,7 @@ def run_federation(
     run that was never interrupted). Each round waits at most
     ``training.round_timeout`` seconds for its replies. Returns the summary.
     """
+    scenario = get_method(method).prepare(scenario)  # e.g. fedsgd: preconditioner off, in summary.json too
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     # One BLAS thread: the same summation order in every engine's server process.

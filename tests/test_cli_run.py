@@ -37,16 +37,19 @@ def test_run_writes_the_whole_results_folder(tmp_path, capsys):
     assert "rounds to 1e-06" in capsys.readouterr().out
 
 
-def test_run_method_applies_the_variants_settings_and_set_still_wins(tmp_path):
+def test_run_method_applies_the_variants_settings_and_a_contradicting_set_is_an_error(tmp_path, capsys):
     """`run --method gradcov-uncalibrated` is the same run as `compare`'s: c = 0."""
     out = tmp_path / "u"
     assert main(["run", "quickstart", "--method", "gradcov-uncalibrated", "--out", str(out),
                  "--set", "stop.max_rounds=3"]) == 0
     assert json.loads((out / "summary.json").read_text())["scenario"]["protocol"]["calibration"] == 0
     out = tmp_path / "u2"
+    capsys.readouterr()
     assert main(["run", "quickstart", "--method", "gradcov-uncalibrated", "--out", str(out),
-                 "--set", "stop.max_rounds=3", "--set", "protocol.calibration=0.5"]) == 0
-    assert json.loads((out / "summary.json").read_text())["scenario"]["protocol"]["calibration"] == 0.5
+                 "--set", "stop.max_rounds=3", "--set", "protocol.calibration=0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--set protocol.calibration: --method gradcov-uncalibrated sets it to 0.0" in err and "\n" not in err
+    assert not out.exists()
 
 
 def test_ill_conditioned_method_within_60_rounds_and_fedsgd_over_100x(tmp_path):

@@ -8,7 +8,8 @@ import json
 import pytest
 from _support import write_scenario
 
-from fedsigma.cli import DEFAULT_METHODS, main
+from fedsigma.cli import main
+from server.methods import METHODS
 from fedsigma.experiments.compare import COLUMNS
 
 SMALL = """
@@ -43,7 +44,7 @@ def comparison(tmp_path_factory):
 
 def test_table_is_complete(comparison):
     out, rows = comparison
-    assert sorted(r["method"] for r in rows) == sorted(DEFAULT_METHODS)
+    assert sorted(r["method"] for r in rows) == sorted(METHODS)
     assert tuple(rows[0]) == COLUMNS
     assert (out / "comparison.png").stat().st_size > 10_000
     for r in rows:

@@ -64,9 +64,13 @@ def _usage_error(capsys, args: list[str]) -> str:
         (('paths = ["n0.csv", "n1.csv"]\n', ""), [], ["data.paths", "one CSV per client"]),
         (("learning_rate = 0.5", 'learning_rate = "auto"'), ["--set", "preconditioner.enabled=false"],
          ["training.learning_rate", "preconditioner.enabled = true"]),
+        # `run` pre-checks the scenario with its method's settings (fedsgd: no preconditioner)
+        (("learning_rate = 0.5", 'learning_rate = "auto"'), ["--method", "fedsgd"],
+         ["training.learning_rate", "preconditioner.enabled = true"]),
+        (("", ""), ["--method", "oracle"], ["'oracle' needs the true Σ"]),
     ],
     ids=["no-dim", "paths-count", "path-missing", "target-missing", "dim-mismatch", "too-few-rows",
-         "no-paths-no-nodes", "auto-lr-without-oracle"],
+         "no-paths-no-nodes", "auto-lr-without-oracle", "auto-lr-fedsgd-method", "oracle-method"],
 )
 def test_nodes_scenario_errors(nodes_dir, capsys, edit, extra, names):
     path = nodes_dir / "nodes.toml"

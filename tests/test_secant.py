@@ -143,7 +143,8 @@ def test_memory_is_bounded_and_must_be_positive():
 
 def test_auto_step_is_one_only_when_the_secant_memory_can_undo_an_overshoot():
     from scenarios.loader import load_scenario
-    from server.build import oracle_for, resolve_learning_rates
+    from server.build import oracle_for
+    from server.methods import resolve_learning_rates
 
     with_memory = load_scenario("quickstart")
     without = load_scenario("quickstart", ["training.line_search_memory=0"])

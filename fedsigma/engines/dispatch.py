@@ -13,6 +13,7 @@ from fedsigma.engines.inline import run_config_for, run_inline
 from fedsigma.engines.simulation import run_simulation
 from scenarios.node_data import node_configs
 from scenarios.resources import check_resources
+from server.methods import get_method
 from server.server_app import app as server_app
 
 
@@ -27,10 +28,12 @@ def run_engine(
     """
     check_resources(scenario, method)
     deploy = deploy or DeployOptions()
+    entry = get_method(method)
+    scenario = entry.prepare(scenario)  # the nodes' policy below must admit the method's settings
     run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method, resume)
     # the nodes this process starts run with a policy that admits the scenario asked for
     # (client/policy.py); SuperNodes someone else started keep their own node config
-    policy = settings_admitting(scenario, send_hessian=method in ("newton", "fednl"))
+    policy = settings_admitting(scenario, send_hessian=entry.sends_hessian)
     configs = [{**config, **policy} for config in node_configs(scenario)]
     if scenario.engine == "inline":
         run_inline(server_app, client_app, scenario.clients.count, run_config, configs,

@@ -24,23 +24,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fedsigma.engines.dispatch import run_engine  # noqa: E402
-from scenarios.loader import ScenarioError, load_scenario  # noqa: E402
+from scenarios.loader import ScenarioError, load_scenario, updated  # noqa: E402
 from scenarios.resources import check_resources  # noqa: E402
-from server.baselines import FLOWER_STRATEGIES  # noqa: E402
-from server.build import GRADCOV_VARIANTS, METHODS, oracle_for, resolve_learning_rates  # noqa: E402
+from scenarios.schema import Scenario  # noqa: E402
+from server.build import oracle_for  # noqa: E402
+from server.methods import METHODS, resolve_learning_rates  # noqa: E402
 from shared.results import read_rounds  # noqa: E402
 
-# Tuning grids. "×auto" grids are multiples of the method's auto value (for
-# steps without a preconditioner that is 1/λ_max(Σ), so 1.9× is just inside
-# the stability limit 2/λ_max); the others are absolute.
-GRIDS: dict[str, tuple[str, tuple[float, ...], bool]] = {
-    # method: (scenario key under [training], values, values are multiples of auto)
-    **{m: ("learning_rate", (0.5, 0.75, 1.0), False) for m in ("gradcov", "gradcov-uncalibrated",
-                                                               "gradcov-differential", "oracle", "newton")},
-    "fedsgd": ("learning_rate", (0.5, 1.0, 1.9), True),
-    "fedavg": ("local_learning_rate", (0.5, 1.0, 1.9), True),
-    **{m: ("learning_rate", (0.03, 0.1, 0.3), False) for m in ("fedadam", "fedyogi", "fedadagrad")},
-}
 EXTEND = 2  # extra values tried past a grid edge that won
 COLUMNS = (
     "method", "rounds_to_target", "bytes_up_to_target", "bytes_down_to_target",
@@ -71,15 +61,6 @@ class Outcome:
         return (self.reached or math.inf, risk if risk is not None and math.isfinite(risk) else math.inf)
 
 
-def evals_per_client(scenario, method: str) -> int:
-    """Gradient evaluations one client makes per round (any batch size)."""
-    steps = max(scenario.training.local_steps, 1)
-    if method in FLOWER_STRATEGIES or method in ("oracle", "newton", "fedsgd"):
-        return steps
-    levels = 2 if scenario.protocol.differential else 1
-    return scenario.protocol.probes * levels + steps
-
-
 def compare(
     scenario_ref: str,
     methods: list[str],
@@ -102,7 +83,7 @@ def compare(
     base = load_scenario(scenario_ref, overrides)
     budget = max_rounds or base.stop.max_rounds
     for method in methods:  # every method's size, before the first run starts
-        check_resources(load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(method, [])]), method)
+        check_resources(METHODS[method].prepare(base), method)
     _, oracle = oracle_for(base)
     best: dict[str, Outcome] = {}
     tried_values: dict[str, list[float]] = {}
@@ -111,17 +92,18 @@ def compare(
     if seeds and len(extra) < len(seeds):
         console.print(f"  seeds: {' '.join(map(str, extra)) or 'none'} besides the scenario's own seed "
                       f"{base.seed} (repeats dropped)", highlight=False)
+    prepared: dict[str, Scenario] = {}  # each method's scenario: its settings and the round budget
     for method in methods:
-        key, grid, relative = GRIDS[method]
-        sets = [*overrides, *GRADCOV_VARIANTS.get(method, []), f"stop.max_rounds={budget}"]
-        scenario = load_scenario(scenario_ref, sets)
+        grid = METHODS[method].grid
+        key = grid.parameter
+        scenario = prepared[method] = updated(METHODS[method].prepare(base), {"stop.max_rounds": budget})
         auto = resolve_learning_rates(scenario, oracle, method)[0 if key == "learning_rate" else 1]
-        values = [v * auto for v in grid] if relative else list(grid)
+        values = [v * auto for v in grid.values] if grid.relative else list(grid.values)
         tried: list[Outcome] = []
 
         def attempt(value: float) -> None:
             run_dir = out / method / f"{key}-{value:.4g}"
-            sc = load_scenario(scenario_ref, [*sets, f"training.{key}={value!r}"])
+            sc = updated(scenario, {f"training.{key}": value})
             started = time.perf_counter()
             console.print(f"  {method:<22} {key} = {value:.4g} …", end="", highlight=False)
             try:
@@ -152,11 +134,11 @@ def compare(
         if tried:
             best[method] = min(tried, key=Outcome.rank)
             tried_values[method] = sorted(o.value for o in tried)
-            multiple = best[method].value / auto if relative else None
+            multiple = best[method].value / auto if grid.relative else None
             by_seed[method] = [best[method].reached, *_rerun_on_seeds(
-                scenario_ref, sets, method, key, best[method].value, multiple, extra, out, console)]
-    rows = [_row(o, load_scenario(scenario_ref, [*overrides, *GRADCOV_VARIANTS.get(o.method, [])]), out,
-                 tried_values[o.method], [base.seed, *extra], by_seed[o.method]) for o in best.values()]
+                scenario, method, best[method].value, multiple, extra, out, console)]
+    rows = [_row(o, prepared[o.method], out, tried_values[o.method], [base.seed, *extra], by_seed[o.method])
+            for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
     _write_csv(out / "comparison.csv", rows)
     (out / "comparison.md").write_text(markdown_table(rows, base.stop.target, budget))
@@ -165,23 +147,23 @@ def compare(
     return rows
 
 
-def _rerun_on_seeds(scenario_ref: str, sets: list[str], method: str, key: str, value: float,
-                    multiple: float | None, seeds: list[int], out: Path, console: Console) -> list[int | str | None]:
+def _rerun_on_seeds(scenario: Scenario, method: str, value: float, multiple: float | None, seeds: list[int],
+                    out: Path, console: Console) -> list[int | str | None]:
     """Rounds to target of one method rerun at its tuned value on each seed: None if
     not reached, "failed" if the run raised. A value tuned as a multiple of 1/λ_max
     keeps the multiple and takes each seed's own λ_max (its data differ)."""
 
+    key = METHODS[method].grid.parameter
     results: list[int | str | None] = []
     for seed in seeds:
         run_dir = out / method / f"seed-{seed}"
         console.print(f"  {method:<22} seed {seed} …", end="", highlight=False)
         try:
-            scenario = load_scenario(scenario_ref, [*sets, f"seed={seed}"])
+            reseeded = updated(scenario, {"seed": seed})
             if multiple is not None:
                 index = 0 if key == "learning_rate" else 1
-                value = multiple * resolve_learning_rates(scenario, oracle_for(scenario)[1], method)[index]
-            run_engine(load_scenario(scenario_ref, [*sets, f"seed={seed}", f"training.{key}={value!r}"]),
-                       run_dir, method)
+                value = multiple * resolve_learning_rates(reseeded, oracle_for(reseeded)[1], method)[index]
+            run_engine(updated(reseeded, {f"training.{key}": value}), run_dir, method)
             reached = json.loads((run_dir / "summary.json").read_text())["rounds_to_target"]
             console.print(f" {reached or '-'} rounds", highlight=False)
         except Exception as exc:  # noqa: BLE001 — one failed seed must not end the comparison
@@ -193,9 +175,9 @@ def _rerun_on_seeds(scenario_ref: str, sets: list[str], method: str, key: str, v
 
 def _row(o: Outcome, scenario, out: Path, values: list[float], seeds: list[int],
          reached: list[int | str | None]) -> dict:
-    key = GRIDS[o.method][0]
+    key = METHODS[o.method].grid.parameter
     hit = next((r for r in o.rows if o.reached and int(r["round"]) == o.reached), None)
-    per = evals_per_client(scenario, o.method)
+    per = METHODS[o.method].gradient_evals(scenario)
     evals = sum(int(r["clients_replied"]) for r in o.rows[: o.reached]) * per if hit else None
     return {
         "method": o.method,

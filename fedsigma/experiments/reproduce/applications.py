@@ -64,8 +64,7 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
             runs[pooled] = (summary, rows)
         oracle, oracle_rows = run_scenario(name, [], Path(tmp) / "oracle", "oracle")
         default, default_rows = run_scenario(name, [], Path(tmp) / "default")
-        plain, plain_rows = run_scenario(name, ["preconditioner.enabled=false", "stop.max_rounds=20000"],
-                                         Path(tmp) / "plain")
+        plain, plain_rows = run_scenario(name, ["stop.max_rounds=20000"], Path(tmp) / "plain", "fedsgd")
 
     def reached(summary: dict) -> float:
         """Rounds to target; a run that never reaches it (max_rounds or diverged) counts its cap."""
