@@ -201,7 +201,7 @@ def cmd_reproduce(args, console: Console) -> int:
 
 def cmd_estimate(args, console: Console) -> int:
     scenario = with_method(load_scenario(args.scenario, run_overrides(args)), args.method, args.overrides)
-    console.print(escape(describe_estimate(scenario, args.method)), highlight=False)
+    console.print(escape(describe_estimate(scenario, args.method)), highlight=False, soft_wrap=True)
     check_resources(scenario, args.method)
     return 0
 

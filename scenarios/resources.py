@@ -43,7 +43,6 @@ INLINE_NODE_BYTES = 20_000  # the inline engine's Context, node config and messa
 RAY_BYTES = 3 * PROCESS_BYTES  # raylet, GCS and dashboard agents of a simulation
 FLOPS = 2e9  # float64 flop/s of one core under load (6 GFLOP/s unloaded gemm, 1 thread)
 CALL_SECONDS = 2e-3  # one torch gradient call on a client, measured under load (2–3 ms; 0.3 ms idle)
-ROUND_SECONDS_MAX = 600.0  # the server waits this long for a round's replies (server/federated_run.py)
 SETUP_SECONDS_MAX = 3600.0  # drawing the data and the oracle's solve, before round 1
 
 
@@ -204,10 +203,11 @@ def check_resources(scenario: Scenario, method: str = "gradcov", memory: int | N
             f"{est.setup_keys}: drawing the data and solving for the optimum would take about "
             f"{_seconds(est.setup_seconds)}, the limit is {_seconds(SETUP_SECONDS_MAX)}; make it smaller"
         )
-    if est.round_seconds > ROUND_SECONDS_MAX:
+    if est.round_seconds > scenario.training.round_timeout:
         raise ResourceError(
             f"{est.round_keys}: one round would take about {_seconds(est.round_seconds)}, the server waits "
-            f"{_seconds(ROUND_SECONDS_MAX)} for a round's replies; make it smaller"
+            f"{_seconds(scenario.training.round_timeout)} for a round's replies (training.round_timeout); "
+            "make it smaller"
         )
     return est
 
@@ -237,6 +237,7 @@ def describe_estimate(scenario: Scenario, method: str = "gradcov", memory: int |
     for term, (size, keys) in est.terms.items():
         lines.append(f"  {term:<20} {_bytes(size):>10}   {keys}")
     lines.append(f"  {'total':<20} {_bytes(est.total_bytes):>10}   this machine has {_bytes(limit)}")
-    lines.append(f"  one round ≈ {_seconds(est.round_seconds)} (limit {_seconds(ROUND_SECONDS_MAX)}); "
+    lines.append(f"  one round ≈ {_seconds(est.round_seconds)} (training.round_timeout "
+                 f"{_seconds(scenario.training.round_timeout)}); "
                  f"set-up ≈ {_seconds(est.setup_seconds)} (limit {_seconds(SETUP_SECONDS_MAX)})")
     return "\n".join(lines)

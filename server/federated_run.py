@@ -204,4 +204,18 @@ def _save(out_dir: Path, scenario, strategy, oracle, w, summary) -> None:
                     if isinstance(strategy, GradCovStrategy) and strategy.probes > 0 and strategy.precondition
                     else None
                 ),
+                no_sigma=_why_no_sigma(scenario, strategy, oracle, summary.get("method", "")),
             )
+
+
+def _why_no_sigma(scenario, strategy, oracle, method: str) -> str:
+    """The Σ panel's note when no round has a Σ̂ error."""
+    if oracle is None:
+        return "no Σ̂ error: the true Σ is unknown (nodes hold their own data)"
+    if method in ("oracle", "newton"):
+        return f"no Σ̂: {method} uses the exact Σ, it estimates none"
+    if not isinstance(strategy, GradCovStrategy):
+        return f"no Σ̂: {method} sends no probes"
+    if not strategy.precondition or strategy.probes == 0:
+        return "no Σ̂ (preconditioner off)"
+    return f"no Σ̂ error above d = {SIGMA_METRICS_MAX_DIM}"

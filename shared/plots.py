@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from shared.results import read_rounds  # noqa: E402
 
@@ -18,12 +19,14 @@ def plot_convergence(
     title: str = "",
     target: float | None = None,
     warmup_gradients: int | None = None,
+    no_sigma: str = "no Σ̂ (preconditioner off or truth unknown)",
 ) -> None:
     """Two panels from a rounds.csv: relative excess risk, and Σ̂'s errors.
 
     The dashed line marks the target; the shaded band, the warm-up rounds
     (fewer than ``warmup_gradients`` probes pooled, P = I/λ̂_max); rounds
-    without a known value are skipped.
+    without a known value are skipped. ``no_sigma`` is written on the Σ panel when
+    no round has a Σ̂ error (say why: the method estimates none, or Σ is unknown).
     """
     rows = read_rounds(rounds_csv)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -57,7 +60,7 @@ def plot_convergence(
     if ax2.lines[1:]:
         ax2.legend()
     else:
-        ax2.text(0.5, 0.5, "no Σ̂ (preconditioner off or truth unknown)", ha="center", transform=ax2.transAxes)
+        ax2.text(0.5, 0.5, no_sigma, ha="center", transform=ax2.transAxes)
     if warmup_gradients is not None:
         warm = [r["round"] for r in rows if (r.get("gradients_pooled") or 0) < warmup_gradients]
         if warm:
@@ -66,8 +69,9 @@ def plot_convergence(
             ax1.text(0.3, 0.03, "warm-up", transform=ax1.get_xaxis_transform(), color="darkorange")
     if title:
         fig.suptitle(title)
-    if x:
-        for ax in (ax1, ax2):
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+        if x:
             ax.set_xlim(0, max(x) + 1)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)

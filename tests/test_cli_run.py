@@ -144,3 +144,34 @@ def test_an_interrupted_run_keeps_finished_rounds(tmp_path):
     assert [r["round"] for r in rows] == ["1", "2", "3"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"].startswith("error: KeyboardInterrupt") and summary["rounds_run"] == 3
+
+
+def test_a_run_in_which_every_client_fails_stops_with_their_error(tmp_path, capsys, monkeypatch):
+    """Every client raises: the run stops after ALL_FAILED_ROUNDS rounds (not max_rounds of
+    silent timeouts) and exits 1 with one error line carrying the client's own message."""
+    import fedsigma.engines.dispatch as dispatch
+    from client.client_app import app as real
+    from server.federated_run import ALL_FAILED_ROUNDS
+
+    def broken(msg, context):
+        if msg.metadata.message_type == "train":
+            raise RuntimeError("disk on fire")
+        return real(msg, context)
+
+    monkeypatch.setattr(dispatch, "client_app", broken)
+    out = tmp_path / "out"
+    assert main(["run", "quickstart", "--out", str(out), "--set", "stop.max_rounds=50"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: status clients failed"), lines
+    assert "disk on fire" in lines[0] and "partition 0" in lines[0], lines[0]
+    rows = read_rounds_raw(out / "rounds.csv")
+    assert len(rows) == ALL_FAILED_ROUNDS and {r["clients_replied"] for r in rows} == {"0"}
+
+
+def test_a_diverged_run_exits_1_and_keeps_its_rounds(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "quickstart", "--out", str(out), "--set", "preconditioner.enabled=false",
+                 "--set", "training.learning_rate=1000"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: status diverged") and "training.learning_rate" in line, line
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"

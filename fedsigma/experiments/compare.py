@@ -285,7 +285,7 @@ def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> No
         risk = [max(v, floor) for v in risk]  # one-round methods land at ~1e-19: show them on the floor
         style = dict(ls="-" if method.startswith("gradcov") else "--", lw=2.2 if method == "gradcov" else 1.3,
                      marker="o" if len(pts) < 30 else None, ms=4,
-                     label=f"{method} (below the axis)" if clipped else method)
+                     label=f"{method} (below {floor:g}: drawn on that line)" if clipped else method)
         ax1.loglog(rounds, risk, **style)
         ax2.loglog(up, risk, **style)
     for ax, xlabel in ((ax1, "round"), (ax2, "uplink bytes (cumulative)")):
