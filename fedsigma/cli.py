@@ -17,14 +17,13 @@ from rich.table import Table
 
 from fedsigma import __version__
 from fedsigma.engines.deployment import Certificates, check_reachable
-from fedsigma.engines.dispatch import DeployOptions, run_engine
+from fedsigma.engines.dispatch import DeployOptions, check_size, run_engine, size_report
 from fedsigma.engines.processes import EngineError
 from fedsigma.experiments.compare import compare
 from fedsigma.experiments.reproduce import reproduce
 from fedsigma.outdir import check_out, results_folder
 from fedsigma.progress import RoundsProgress
 from scenarios.loader import ScenarioError, apply_override, bundled_names, load_scenario, validate
-from scenarios.resources import check_resources, describe_estimate
 from scenarios.schema import Scenario
 from server import checkpoint
 from server.methods import METHODS, get_method, strategy_for
@@ -201,8 +200,8 @@ def cmd_reproduce(args, console: Console) -> int:
 
 def cmd_estimate(args, console: Console) -> int:
     scenario = with_method(load_scenario(args.scenario, run_overrides(args)), args.method, args.overrides)
-    console.print(escape(describe_estimate(scenario, args.method)), highlight=False, soft_wrap=True)
-    check_resources(scenario, args.method)
+    console.print(escape(size_report(scenario, args.method)), highlight=False, soft_wrap=True)
+    check_size(scenario, args.method)
     return 0
 
 
@@ -223,7 +222,7 @@ def cmd_run(args, console: Console) -> int:
         out, done = args.out or Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}", 0
     deploy = deployment_options(args, scenario)
     preflight(scenario, deploy, method)
-    check_resources(scenario, method)  # before any folder, process or Ray cluster
+    check_size(scenario, method)  # before any folder, process or Ray cluster
     # a new run's folder is created now and removed if no round ran; a resumed run reuses its own
     folder = contextlib.nullcontext(out) if args.resume is not None else results_folder(
         out, hint="or continue an interrupted run there with --resume")

@@ -80,16 +80,19 @@ class Estimate:
         return name, *self.terms[name]
 
 
-def estimate(scenario: Scenario, method: str = "gradcov") -> Estimate:
+def estimate(scenario: Scenario, *, probes: bool = True, sends_hessian: bool = False) -> Estimate:
     """Estimate the peak memory (all processes of the run) and the time of one round.
 
     Parameters
     ----------
     scenario : Scenario
-        A validated scenario; its ``engine`` decides how many processes hold the data.
-    method : str
-        The server's method (server.build.METHODS): ``newton`` receives d × d
-        matrices, Flower's strategies send no probes.
+        A validated scenario, prepared for its method; its ``engine`` decides how
+        many processes hold the data.
+    probes : bool
+        Whether the method's clients send probe gradients when the scenario's
+        preconditioner is on (server.methods.Method.probes).
+    sends_hessian : bool
+        Whether every client sends a d × d second moment (Method.sends_hessian).
 
     Returns
     -------
@@ -101,8 +104,7 @@ def estimate(scenario: Scenario, method: str = "gradcov") -> Estimate:
     sampled = max(1, int(count * scenario.clients.fraction))
     pre, train = scenario.preconditioner, scenario.training
     levels = 2 if scenario.protocol.differential else 1
-    probing = method.startswith("gradcov") and method != "fedsgd" and pre.enabled or method == "oracle"
-    probes = scenario.protocol.probes if probing else 0
+    probes = scenario.protocol.probes if probes and pre.enabled else 0
     kind = scenario.data.kind
     pooled = 0 if kind == "nodes" else scenario.total_rows()
     rows = scenario.data.rows_per_client if kind == "synthetic" else max(1, pooled // count)
@@ -121,7 +123,7 @@ def estimate(scenario: Scenario, method: str = "gradcov") -> Estimate:
         server_state = (levels * 2 + 4) * (2 * pre.rank + 10) * d * BYTES
         state_keys = "data.dim × preconditioner.rank"
     replies = 3 * sampled * (levels * probes + 2) * d * BYTES
-    if method == "newton":
+    if sends_hessian:
         replies += sampled * d * d * BYTES
     client_round = 3 * levels * probes * n * d * BYTES + 2 * rows * d * BYTES
     client_state = d * d * BYTES if train.local_steps > 0 and dense else 0
@@ -179,18 +181,19 @@ def machine_memory() -> int:
     return min(total, int(text)) if text.isdigit() else total
 
 
-def check_resources(scenario: Scenario, method: str = "gradcov", memory: int | None = None) -> Estimate:
+def check_resources(
+    scenario: Scenario, *, probes: bool = True, sends_hessian: bool = False, memory: int | None = None
+) -> Estimate:
     """Refuse a scenario whose estimate exceeds the machine: ResourceError naming the key,
     the estimate and the limit. Returns the estimate otherwise.
 
     Parameters
     ----------
-    scenario : Scenario
-    method : str
+    scenario, probes, sends_hessian : as for :func:`estimate`
     memory : int, optional
         Bytes available; default :func:`machine_memory`.
     """
-    est = estimate(scenario, method)
+    est = estimate(scenario, probes=probes, sends_hessian=sends_hessian)
     limit = machine_memory() if memory is None else memory
     if est.total_bytes > limit:
         term, size, keys = est.largest()
@@ -228,9 +231,12 @@ def _seconds(value: float) -> str:
     return f"{value / 3600:.3g} h"
 
 
-def describe_estimate(scenario: Scenario, method: str = "gradcov", memory: int | None = None) -> str:
-    """The estimate as text: every memory term, the total against the machine, the times."""
-    est = estimate(scenario, method)
+def describe_estimate(
+    scenario: Scenario, method: str, *, probes: bool = True, sends_hessian: bool = False, memory: int | None = None
+) -> str:
+    """The estimate as text: every memory term, the total against the machine, the times
+    (``method`` is only named; ``probes`` and ``sends_hessian`` as for :func:`estimate`)."""
+    est = estimate(scenario, probes=probes, sends_hessian=sends_hessian)
     limit = machine_memory() if memory is None else memory
     lines = [f"{scenario.name} with {method} on the {scenario.engine} engine (d = {scenario.dim()}, "
              f"{scenario.clients.count} clients):"]

@@ -6,15 +6,16 @@ import pytest
 
 from fedsigma.outdir import results_folder
 from scenarios.loader import ScenarioError, bundled_names, load_scenario
-from scenarios.resources import ResourceError, check_resources, describe_estimate, estimate, machine_memory
-from server.build import METHODS
+from fedsigma.engines.dispatch import check_size, size_report
+from scenarios.resources import ResourceError, check_resources, estimate, machine_memory
+from server.methods import METHODS
 
 
 @pytest.mark.parametrize("name", bundled_names())
 def test_every_bundled_scenario_fits_with_every_method(name):
     scenario = load_scenario(name)
-    for method in METHODS:
-        check_resources(scenario, method)
+    for name, method in METHODS.items():
+        check_size(method.prepare(scenario), name)
 
 
 def test_the_estimate_grows_with_each_size_and_names_the_key_that_binds():
@@ -32,6 +33,13 @@ def test_the_estimate_grows_with_each_size_and_names_the_key_that_binds():
         check_resources(load_scenario("quickstart", ["training.local_steps=1000", "training.round_timeout=1"]))
 
 
+def test_what_a_method_sends_is_counted():
+    scenario = load_scenario("quickstart", ["data.dim=1000"])
+    plain, probing, hessian = (estimate(scenario, probes=p, sends_hessian=h)
+                               for p, h in ((False, False), (True, False), (False, True)))
+    assert plain.total_bytes < probing.total_bytes and plain.total_bytes < hessian.total_bytes
+
+
 def test_more_processes_hold_more_memory():
     inline, sim, dep = (estimate(load_scenario("quickstart", [f'engine="{e}"']))
                         for e in ("inline", "simulation", "deployment"))
@@ -39,7 +47,7 @@ def test_more_processes_hold_more_memory():
 
 
 def test_describe_estimate_lists_every_term_and_the_machine():
-    text = describe_estimate(load_scenario("quickstart"))
+    text = size_report(load_scenario("quickstart"), "newton")
     for term in ("pooled data", "oracle", "Σ̂ and P", "replies of a round", "total", "one round"):
         assert term in text
     assert machine_memory() > 2**30

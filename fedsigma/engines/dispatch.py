@@ -12,7 +12,7 @@ from fedsigma.engines.deployment import Certificates, run_deployment
 from fedsigma.engines.inline import run_config_for, run_inline
 from fedsigma.engines.simulation import run_simulation
 from scenarios.node_data import node_configs
-from scenarios.resources import check_resources
+from scenarios.resources import Estimate, check_resources, describe_estimate
 from server.methods import get_method
 from server.server_app import app as server_app
 
@@ -26,7 +26,7 @@ def run_engine(
     Raises ResourceError (a ScenarioError) before any process starts if the
     scenario's memory or time estimate exceeds the machine (scenarios.resources).
     """
-    check_resources(scenario, method)
+    check_size(scenario, method)
     deploy = deploy or DeployOptions()
     entry = get_method(method)
     scenario = entry.prepare(scenario)  # the nodes' policy below must admit the method's settings
@@ -46,6 +46,19 @@ def run_engine(
         )
     else:
         run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log", node_settings=policy)
+
+
+def check_size(scenario, method: str = "gradcov") -> Estimate:
+    """Refuse (ResourceError, one line) a run of ``method`` too large for this machine, from what
+    the method's clients send (server.methods); returns the estimate otherwise."""
+    spec = get_method(method)
+    return check_resources(scenario, probes=spec.probes, sends_hessian=spec.sends_hessian)
+
+
+def size_report(scenario, method: str = "gradcov") -> str:
+    """The estimate of a run of ``method``, term by term (``fedsigma estimate``)."""
+    spec = get_method(method)
+    return describe_estimate(scenario, method, probes=spec.probes, sends_hessian=spec.sends_hessian)
 
 
 @dataclass(frozen=True)

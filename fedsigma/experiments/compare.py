@@ -23,9 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from fedsigma.engines.dispatch import run_engine  # noqa: E402
+from fedsigma.engines.dispatch import check_size, run_engine  # noqa: E402
 from scenarios.loader import ScenarioError, load_scenario, updated  # noqa: E402
-from scenarios.resources import check_resources  # noqa: E402
 from scenarios.schema import Scenario  # noqa: E402
 from server.build import oracle_for  # noqa: E402
 from server.methods import METHODS, resolve_learning_rates  # noqa: E402
@@ -83,7 +82,7 @@ def compare(
     base = load_scenario(scenario_ref, overrides)
     budget = max_rounds or base.stop.max_rounds
     for method in methods:  # every method's size, before the first run starts
-        check_resources(METHODS[method].prepare(base), method)
+        check_size(METHODS[method].prepare(base), method)
     _, oracle = oracle_for(base)
     best: dict[str, Outcome] = {}
     tried_values: dict[str, list[float]] = {}
