@@ -8,14 +8,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.cohort import CohortData, cohort_round
 from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
 from client.policy import enforce
-from client.task import GradientOracle, linear_model, probe_gradients, training_direction
+from client.task import GradientOracle, linear_model, training_direction
 from scenarios.loader import scenario_from_run_config
 from scenarios.node_data import client_rows
 from shared import protocol as p
-from shared.calibration import injected_variances
 from shared.threads import single_thread
 
 # The node's own policy (client/policy.py) checks every message before a handler runs.
@@ -109,8 +109,9 @@ def fednl_round(msg: Message, context: Context) -> Message:
 
 
 def gradcov_round(msg: Message, context: Context, faults: FaultPlan | None = None) -> Message:
-    """Probe gradients at w (calibrated noise), then the training gradient or update
-    (``faults``: an uncalibrated Byzantine client probes with c = 0)."""
+    """Probe gradients at w (calibrated noise), then the training gradient or update:
+    :func:`client.cohort.cohort_round` for a cohort of this one client (``faults``: an
+    uncalibrated Byzantine client probes with c = 0)."""
     X, y, pid, seed = local_data(context)
     cfg = msg.content[p.CONFIG]
     arrays = msg.content[p.ARRAYS]
@@ -122,37 +123,22 @@ def gradcov_round(msg: Message, context: Context, faults: FaultPlan | None = Non
         if p.PRECONDITIONER in context.state
         else None
     )
-    rnd = int(cfg[p.ROUND])
-    rng = np.random.default_rng([seed, pid, rnd])
-    n, probes = int(cfg[p.BATCH_SIZE]), int(cfg[p.PROBES])
     levels = [float(c) for c in cfg[p.NOISE_LEVELS]]
-    probe_levels = levels if faults is None else faults.noise_levels(pid, levels)
-    natural = float(cfg[p.NATURAL_VAR])
-    oracle = gradient_oracle(X.shape[1])
+    one = CohortData(X, y, np.array([0]), np.array([len(X)]), np.array([pid]))
     with single_thread():
-        if probes > 0:
-            probe = probe_gradients(
-                oracle, w, X, y, batch_size=n, probes=probes, multipliers=probe_levels,
-                natural_var=natural, rng=rng, label_clip=float(cfg.get(p.LABEL_CLIP, 0.0)),
-            )
-        else:
-            probe = np.zeros((0, 0, len(w)))
-        noise_std = 0.0
-        if bool(cfg[p.NOISY_TARGETS]):
-            noise_std = float(np.sqrt(injected_variances(levels[-1:], n, len(X), natural)[0]))
-        update, used = training_direction(
-            oracle, w, X, y, kind=str(cfg[p.TRAIN_GRADIENT]), batch_size=n,
-            noise_std=noise_std, local_steps=int(cfg[p.LOCAL_STEPS]),
-            local_lr=float(cfg[p.LOCAL_LR]), precond=precond, rng=rng,
+        got = cohort_round(
+            gradient_oracle(X.shape[1]).model, one, w, cfg, seed=seed, precond=precond,
+            send_hessian=np.array([bool(cfg.get(p.SEND_HESSIAN, False))]),  # the Newton baseline only
+            probe_levels=None if faults is None else faults.noise_levels(pid, levels),
         )
-    out = ArrayRecord({p.PROBE_GRADS: Array(probe), p.UPDATE: Array(update)})
-    if bool(cfg.get(p.SEND_HESSIAN, False)):  # the Newton baseline only: second-order statistics
-        out[p.HESSIAN] = Array(X.T @ X / len(X))
+    out = ArrayRecord({p.PROBE_GRADS: Array(got.probes[0]), p.UPDATE: Array(got.updates[0])})
+    if 0 in got.hessians:
+        out[p.HESSIAN] = Array(got.hessians[0])
     reply = RecordDict(
         {
             p.ARRAYS: out,
             p.METRICS: MetricRecord(
-                {p.PARTITION_ID: pid, p.NUM_EXAMPLES: used, p.LOCAL_ROWS: len(X)}
+                {p.PARTITION_ID: pid, p.NUM_EXAMPLES: int(got.num_examples[0]), p.LOCAL_ROWS: len(X)}
             ),
         }
     )

@@ -57,6 +57,11 @@ class FaultPlan:
     byzantine: frozenset[int]
     byzantine_kind: str
 
+    @property
+    def active(self) -> bool:
+        """Whether any fault is injected at all."""
+        return self.dropout > 0 or bool(self.stragglers) or bool(self.byzantine)
+
     def drops(self, pid: int, rnd: int) -> bool:
         """Whether partition ``pid``'s reply in round ``rnd`` is lost."""
         if self.dropout == 0.0:

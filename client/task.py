@@ -25,6 +25,9 @@ from torch.func import functional_call, grad, vmap
 
 from shared.calibration import injected_variances
 
+# torch warns when it wraps a read-only array (the federation's rows are frozen); it only reads them
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
 # One thread: BLAS reductions then sum in the same order in every engine's
 # worker process, which keeps runs bit-identical across engines.
 torch.set_num_threads(1)

@@ -14,6 +14,7 @@ from flwr.serverapp import strategy as flower
 
 from server.strategy import GradCovStrategy
 from shared import protocol as p
+from shared.cohort import CohortReplies
 from shared.preconditioner import ridge_preconditioner
 
 RIDGE = 1e-10  # relative to tr(Σ)/d: only there to keep a singular Σ invertible
@@ -60,14 +61,13 @@ class NewtonStrategy(GradCovStrategy):
         first[p.SEND_HESSIAN] = True
         return first
 
-    def absorb(self, reply: Message) -> None:
-        arrays = reply.content[p.ARRAYS]
-        partition = int(reply.content[p.METRICS][p.PARTITION_ID])
+    def absorb(self, replies: CohortReplies, index: int) -> None:
+        partition = int(replies.partitions[index])
         # once per partition: a node back under a new id (a restart, a resumed run) is asked again
-        if p.HESSIAN in arrays and partition not in self._counted:
+        if index in replies.hessians and partition not in self._counted:
             self._counted.add(partition)
-            rows = int(reply.content[p.METRICS][p.LOCAL_ROWS])
-            self._hessian_sum += rows * arrays[p.HESSIAN].numpy()
+            rows = int(replies.local_rows[index])
+            self._hessian_sum += rows * replies.hessians[index]
             self._rows += rows
 
     @property

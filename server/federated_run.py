@@ -87,11 +87,7 @@ def run_federation(
             for rnd in range(len(rows) + 1, scenario.stop.max_rounds + 1):
                 t0 = time.perf_counter()
                 failed_before, rejected_before = view.failed, view.rejected
-                replies = view.send_and_receive(
-                    strategy.configure_train(rnd, arrays, ConfigRecord(dict(train_config)), view), timeout=timeout
-                )
-                privacy.observe(replies)
-                new, _ = strategy.aggregate_train(rnd, replies)
+                replied, new, why = _train_round(strategy, view, rnd, arrays, train_config, privacy, timeout)
                 if new is not None:
                     arrays = new
                 w = arrays[p.WEIGHTS].numpy()
@@ -108,7 +104,7 @@ def run_federation(
                     "gradients_pooled": pool.gradients if (pool := getattr(strategy, "pool", None)) else None,
                     "bytes_up": view.bytes_up,
                     "bytes_down": view.bytes_down,
-                    "clients_replied": len(replies) - sum(r.has_error() for r in replies),
+                    "clients_replied": replied,
                     "clients_failed": view.failed - failed_before,
                     "clients_rejected": view.rejected - rejected_before,
                     "seconds": round(time.perf_counter() - t0, 6),
@@ -124,7 +120,7 @@ def run_federation(
                 silent = silent + 1 if last["clients_replied"] == 0 else 0
                 if silent >= ALL_FAILED_ROUNDS:
                     status = f"clients failed: no client replied in rounds {rnd - silent + 1}–{rnd}: " + (
-                        client_error(replies, view.partition_of) or f"no reply within {timeout:g} s")
+                        why or f"no reply within {timeout:g} s")
                     break
                 risk = last["excess_risk"]
                 if not np.isfinite(w).all() or (risk is not None and (not math.isfinite(risk) or risk > DIVERGED)):
@@ -154,6 +150,23 @@ def client_error(replies: list, partition_of: dict[int, int]) -> str | None:
             who = f"partition {partition_of[node]}" if node in partition_of else f"node {node}"
             return f"{who}: {reason or f'error code {reply.error.code}'}"
     return None
+
+
+def _train_round(strategy, view: PartitionGrid, rnd: int, arrays, train_config, privacy, timeout):
+    """One round: (clients that replied, new arrays or None, the first client error or None).
+
+    A GradCov-family strategy on an engine that can run the round's clients together
+    takes the cohort path (the same numbers, without a Message per client); every
+    other pairing exchanges messages."""
+    config = ConfigRecord(dict(train_config))
+    if view.cohort and isinstance(strategy, GradCovStrategy):
+        replies = view.train_cohort(strategy.plan_cohort(rnd, arrays, config, view))
+        privacy.observe_cohort(replies)
+        return len(replies), strategy.aggregate_cohort(rnd, replies)[0], replies.refusal
+    replies = view.send_and_receive(strategy.configure_train(rnd, arrays, config, view), timeout=timeout)
+    privacy.observe(replies)
+    replied = len(replies) - sum(r.has_error() for r in replies)
+    return replied, strategy.aggregate_train(rnd, replies)[0], client_error(replies, view.partition_of)
 
 
 def _summary(scenario, engine, method, status, reached, last, rates, seconds) -> dict:

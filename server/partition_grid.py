@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from functools import lru_cache
 from logging import INFO, WARNING
 
-from flwr.app import Message, RecordDict
+import numpy as np
+from flwr.app import Array, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from server.replies import screen_replies
 from shared import protocol as p
+from shared.cohort import CohortReplies, CohortRequest
 
 POLL_SECONDS = 0.1  # Flower's deployment Grid polls for replies every 3 s; we ask sooner
 
@@ -62,6 +65,13 @@ class PartitionGrid(Grid):
         self.failed = 0  # sampled nodes with no usable reply: errors and timeouts
         self.rejected = 0  # replies dropped by server.replies (malformed, wrong shapes, non-finite)
         nodes = wait_for_nodes(grid, expected_nodes, timeout)
+        if self.cohort:  # the engine answers the handshake for all its nodes at once
+            known = grid.handshake()
+            self.partition_of = {node: known[node][0] for node in nodes}
+            self.rows_of = {node: known[node][1] for node in nodes}
+            self._order = sorted(self.partition_of, key=self.partition_of.__getitem__)
+            self._online = set(self._order)
+            return
         hello = [
             Message(RecordDict(), dst_node_id=node, message_type=f"query.{p.HELLO}") for node in nodes
         ]
@@ -81,6 +91,23 @@ class PartitionGrid(Grid):
             raise RuntimeError(f"two nodes claim the same partition id: {ids}")
         self._order = sorted(self.partition_of, key=self.partition_of.__getitem__)
         self._online = set(self._order)
+
+    @property
+    def cohort(self) -> bool:
+        """Whether the engine can run a round's clients together (``train_cohort``)."""
+        return getattr(self.inner, "cohort", None) is not None
+
+    def train_cohort(self, request: CohortRequest) -> CohortReplies:
+        """One round through the engine's cohort path: replies in partition order,
+        bytes counted as the same round's messages would be."""
+        sizes = (array_bytes(request.weights.shape) + request.preconditioner_sent * (
+            0 if request.preconditioner is None else array_bytes(request.preconditioner.shape)))
+        self.bytes_down += int(np.sum(sizes))
+        replies = self.inner.train_cohort(request).in_partition_order()
+        per_reply = array_bytes(replies.probes.shape[1:]) + array_bytes(replies.updates.shape[1:])
+        self.bytes_up += per_reply * len(replies) + sum(array_bytes(h.shape) for h in replies.hessians.values())
+        self.failed += len(request.nodes) - len(replies)
+        return replies
 
     # -- the view ------------------------------------------------------------
     def get_node_ids(self) -> list[int]:
@@ -177,6 +204,13 @@ class PartitionGrid(Grid):
         replies = list(self.inner.pull_messages(message_ids))
         self.bytes_up += sum(payload_bytes(r) for r in replies)
         return replies
+
+
+@lru_cache(maxsize=64)
+def array_bytes(shape: tuple[int, ...]) -> int:
+    """Bytes of a float64 array of this shape serialized as a Flower ``Array`` (what
+    :func:`payload_bytes` counts for it)."""
+    return len(Array(np.zeros(shape)).data)
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:

@@ -15,6 +15,7 @@ from flwr.app import Message
 from flwr.supercore import log
 
 from shared import protocol as p
+from shared.cohort import CohortReplies
 from shared.estimators import CovariancePool
 from shared.preconditioner import default_ridge, ridge_preconditioner
 from shared.robust import NORM_FACTOR, near_median, scatter_sizes, typical
@@ -22,19 +23,33 @@ from shared.robust import NORM_FACTOR, near_median, scatter_sizes, typical
 WHITEN_MAX_DIM = 2000  # above, P·scatter per client costs more than the round: plain traces
 
 
-def partition_ids(replies: list[Message]) -> list[int]:
-    """The partition id of each reply."""
-    return [int(r.content[p.METRICS][p.PARTITION_ID]) for r in replies]
+def cohort_replies(replies: list[Message]) -> CohortReplies:
+    """Validated training replies (server.replies), stacked in their order, as the
+    cohort path hands them to the strategy: one aggregation code path for both."""
+    arrays = [r.content[p.ARRAYS] for r in replies]
+    counts = [r.content[p.METRICS] for r in replies]
+    return CohortReplies(
+        partitions=np.array([int(c[p.PARTITION_ID]) for c in counts], dtype=np.int64),
+        probes=np.stack([a[p.PROBE_GRADS].numpy() for a in arrays]) if replies else np.zeros((0, 0, 0, 0)),
+        updates=np.stack([a[p.UPDATE].numpy() for a in arrays]) if replies else np.zeros((0, 0)),
+        num_examples=np.array([int(c[p.NUM_EXAMPLES]) for c in counts], dtype=np.int64),
+        local_rows=np.array([int(c[p.LOCAL_ROWS]) for c in counts], dtype=np.int64),
+        hessians={i: a[p.HESSIAN].numpy() for i, a in enumerate(arrays) if p.HESSIAN in a},
+    )
 
 
-def probe_screen(replies: list[Message], coefficients: np.ndarray, pool, ridge_fraction: float) -> np.ndarray:
+def probe_screen(
+    pids: list[int], probes: np.ndarray, coefficients: np.ndarray, pool, ridge_fraction: float
+) -> np.ndarray:
     """Which replies' probes may join the pool: those whose size, tr(P·Σ̂_i) with P
     from the pool plus this whole round, is typical of the round (shared.robust).
 
     Parameters
     ----------
-    replies : list of Message
-        K validated replies of one round, all with probes of one shape.
+    pids : list of int
+        The K replies' partition ids (for the log).
+    probes : ndarray of shape (K, levels, k, d)
+        The probes of K validated replies of one round.
     coefficients : ndarray of shape (K, levels)
         Each reply's calibration coefficients.
     pool : CovariancePool or SketchPool
@@ -47,12 +62,11 @@ def probe_screen(replies: list[Message], coefficients: np.ndarray, pool, ridge_f
     -------
     ndarray of bool, shape (K,)
     """
-    probes = np.stack([r.content[p.ARRAYS][p.PROBE_GRADS].numpy() for r in replies])
     sizes = scatter_sizes(probes, coefficients, _whitener(pool, probes, coefficients, ridge_fraction))
     keep = typical(sizes)
     if not keep.all():
         median = float(np.median(sizes))
-        for pid, size in zip(np.array(partition_ids(replies))[~keep], sizes[~keep]):
+        for pid, size in zip(np.array(pids)[~keep], sizes[~keep]):
             log(WARNING, "probes of partition %d left out of Σ̂: their size is %.3g× the round's median",
                 pid, size / median)
     return keep

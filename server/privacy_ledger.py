@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 
 from shared import protocol as p
+from shared.cohort import CohortReplies
 
 
 def _finite(value: float) -> float | None:
@@ -40,6 +41,15 @@ class PrivacyLedger:
             pid = int(metrics[p.PARTITION_ID])
             self.mu_probe[pid] = max(self.mu_probe.get(pid, 0.0), float(metrics[p.MU_PROBE]))
             self.mu_total[pid] = float(metrics[p.MU_SPENT])
+
+    def observe_cohort(self, replies: CohortReplies) -> None:
+        """Take the μ reports of one round's replies, stacked (the cohort path)."""
+        if p.MU_SPENT not in replies.metrics:
+            return
+        for pid, probe, spent in zip(replies.partitions.tolist(), replies.metrics[p.MU_PROBE].tolist(),
+                                     replies.metrics[p.MU_SPENT].tolist()):
+            self.mu_probe[pid] = max(self.mu_probe.get(pid, 0.0), probe)
+            self.mu_total[pid] = spent
 
     def summary(self) -> dict:
         """``{"what": …, "nodes": [{"partition", "mu_per_probe", "mu_total"}, …]}`` by partition."""

@@ -19,9 +19,10 @@ from flwr.supercore import log
 
 from shared import protocol as p
 from shared.calibration import estimator_coefficients
+from shared.cohort import CohortReplies, CohortRequest
 from shared.estimators import CovariancePool
 from shared.lowrank import LowRankPreconditioner, SketchPool
-from server.pooling import log_inconsistent, norm_screen, partition_ids, probe_screen
+from server.pooling import cohort_replies, log_inconsistent, norm_screen, probe_screen
 from shared.gradient_table import GradientTable
 from shared.robust import ReplyHistory
 from shared.secant import SecantMemory, gradients_are_exact
@@ -229,14 +230,36 @@ class GradCovStrategy(Strategy):
         messages = []
         for node in self.sample(grid, server_round):
             out = ArrayRecord({p.WEIGHTS: Array(self._weights)})
-            if self.local_steps > 0 and self._sent.get(node, -1) < self._version:
+            if self._send_preconditioner(node):
                 out[p.PRECONDITIONER] = Array(self.preconditioner)
-                self._sent[node] = self._version
             content = RecordDict({p.ARRAYS: out, p.CONFIG: self.node_config(node, cfg)})
             messages.append(
                 Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
             )
         return messages
+
+    def plan_cohort(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> CohortRequest:
+        """What :meth:`configure_train` would send, as one request for an engine that runs
+        the sampled clients together (the same sampling, config and P bookkeeping)."""
+        self._weights = arrays[p.WEIGHTS].numpy().astype(float)
+        cfg = self.train_config(server_round, config)
+        nodes = self.sample(grid, server_round)
+        return CohortRequest(
+            nodes=nodes,
+            weights=self._weights,
+            config=dict(cfg),
+            send_hessian=np.array([bool(self.node_config(n, cfg).get(p.SEND_HESSIAN, False)) for n in nodes]),
+            preconditioner=self.preconditioner if self.local_steps > 0 else None,
+            preconditioner_sent=np.array([self._send_preconditioner(n) for n in nodes], dtype=bool),
+        )
+
+    def _send_preconditioner(self, node: int) -> bool:
+        """Whether this round's message to ``node`` carries P: it runs local steps and lacks
+        the current P (recorded as sent)."""
+        if self.local_steps > 0 and self._sent.get(node, -1) < self._version:
+            self._sent[node] = self._version
+            return True
+        return False
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -246,24 +269,31 @@ class GradCovStrategy(Strategy):
             (r for r in replies if not r.has_error()),
             key=lambda r: int(r.content[p.METRICS][p.PARTITION_ID]),
         )
-        if not valid:
+        return self.aggregate_cohort(server_round, cohort_replies(valid))
+
+    def aggregate_cohort(
+        self, server_round: int, replies: CohortReplies
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:meth:`aggregate_train` on the round's valid replies stacked in partition order
+        (what the inline engine's cohort path returns; the message path stacks its replies)."""
+        if not len(replies):
             return None, MetricRecord({"clients-replied": 0})
-        for reply, pooled in zip(valid, self._probe_screen(valid)):
+        for index, pooled in enumerate(self._probe_screen(replies)):
             if pooled:
-                self.absorb(reply)
+                self.absorb(replies, index)
         self._update_preconditioner(server_round)
-        pids = partition_ids(valid)
-        updates = np.stack([reply.content[p.ARRAYS][p.UPDATE].numpy() for reply in valid])
-        weights = np.array([float(reply.content[p.METRICS][p.NUM_EXAMPLES]) for reply in valid])
+        pids = replies.partitions.tolist()
+        updates = replies.updates
+        weights = replies.num_examples.astype(float)
         keep = norm_screen(pids, updates)
         if self.local_steps > 0:
             if not keep.any():
-                return None, MetricRecord({"clients-replied": len(valid)})
+                return None, MetricRecord({"clients-replied": len(pids)})
             new = self._weights + np.average(updates[keep], axis=0, weights=weights[keep])
         else:
             mean = self._federation_gradient(pids, updates, weights, keep)
             if mean is None:
-                return None, MetricRecord({"clients-replied": len(valid)})
+                return None, MetricRecord({"clients-replied": len(pids)})
             if self._exact_gradients() and self.table.current(self._weights):
                 # exact quadratic: correct over the past steps and size the step from them.
                 # Gradient differences are Σ·step only for one quadratic and exact gradients:
@@ -281,20 +311,19 @@ class GradCovStrategy(Strategy):
                 self._repliers = ()  # ḡ is an estimate: the memory starts afresh at the next exact round
                 new = self._weights - self.learning_rate * (self.preconditioner @ mean)
         metrics = MetricRecord(
-            {"clients-replied": len(valid), "gradients-pooled": self.pool.gradients}
+            {"clients-replied": len(pids), "gradients-pooled": self.pool.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
 
-    def _probe_screen(self, replies: list[Message]) -> np.ndarray:
+    def _probe_screen(self, replies: CohortReplies) -> np.ndarray:
         """Which replies' probes join the pool (server.pooling.probe_screen); all when no probes."""
-        if any(r.content[p.ARRAYS][p.PROBE_GRADS].numpy().size == 0 for r in replies):
+        if replies.probes.size == 0:
             return np.ones(len(replies), dtype=bool)
         coefs = np.stack([
-            estimator_coefficients(self.noise_levels, self.batch_size, int(r.content[p.METRICS][p.LOCAL_ROWS]),
-                                   self.natural_var)
-            for r in replies
+            estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
+            for rows in replies.local_rows.tolist()
         ])
-        return probe_screen(replies, coefs, self.pool, self.ridge_fraction)
+        return probe_screen(replies.partitions.tolist(), replies.probes, coefs, self.pool, self.ridge_fraction)
 
     def _federation_gradient(
         self, pids: list[int], grads: np.ndarray, rows: np.ndarray, keep: np.ndarray
@@ -333,11 +362,12 @@ class GradCovStrategy(Strategy):
         """The config sent to one node (override to vary it per node)."""
         return config
 
-    def absorb(self, reply: Message) -> None:
-        """Take what one reply adds to the curvature estimate: its probes, into the pool."""
-        probe = reply.content[p.ARRAYS][p.PROBE_GRADS].numpy()
+    def absorb(self, replies: CohortReplies, index: int) -> None:
+        """Take what one reply (``index`` in ``replies``) adds to the curvature estimate:
+        its probes, into the pool."""
+        probe = replies.probes[index]
         if probe.size:
-            rows = int(reply.content[p.METRICS][p.LOCAL_ROWS])
+            rows = int(replies.local_rows[index])
             coef = estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
             self.pool.add(probe, coef)
 

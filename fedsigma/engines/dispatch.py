@@ -18,10 +18,14 @@ from server.server_app import app as server_app
 
 
 def run_engine(
-    scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None, resume: bool = False
+    scenario, out: Path, method: str = "gradcov", deploy: DeployOptions | None = None, resume: bool = False,
+    cohort: bool = True,
 ) -> None:
     """Run a validated scenario with one method on its engine; results land in ``out``.
     ``resume``: continue the run whose checkpoint is in ``out`` (server.checkpoint).
+    ``cohort`` (inline engine): a round may run all its clients in one stacked
+    computation (client/cohort.py; the same numbers); False sends every client a
+    Message through the ClientApp, as the other engines do.
 
     Raises ResourceError (a ScenarioError) before any process starts if the
     scenario's memory or time estimate exceeds the machine (scenarios.resources).
@@ -37,7 +41,7 @@ def run_engine(
     configs = [{**config, **policy} for config in node_configs(scenario)]
     if scenario.engine == "inline":
         run_inline(server_app, client_app, scenario.clients.count, run_config, configs,
-                   round_timeout=scenario.training.round_timeout)
+                   round_timeout=scenario.training.round_timeout, cohort=cohort)
     elif scenario.engine == "deployment":
         run_deployment(
             configs, run_config, log_path=out / "flower.log", superlink=deploy.superlink,

@@ -1,7 +1,11 @@
 """The in-process engine: the real ServerApp and ClientApp, no Ray, no sockets.
 
 :class:`InlineGrid` implements Flower's ``Grid`` by calling the ClientApp
-directly, one Context per node, as a SuperNode would. Building a ``Message``
+directly, one Context per node, as a SuperNode would. Given a
+:class:`client.cohort.FederationCohort` it also runs a whole round's clients in
+one stacked computation (``train_cohort``), with the same numbers as one
+ClientApp call per node; the round loop uses that when its strategy can.
+Building a ``Message``
 outside Flower's runtime needs its task identity set, and replies need a
 message id: both are Flower internals, pinned by tests/test_flower_internals.py.
 """
@@ -14,15 +18,22 @@ import time
 import traceback
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from client.cohort import FederationCohort
+from client.faults import plan_for
+from client.policy import PolicyError, node_settings
+from scenarios.loader import scenario_from_run_config
+from shared.cohort import CohortReplies, CohortRequest
 from shared.deadline import DeadlineExceeded, deadline
 
 SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
+NODE_IDENTITY = ("partition-id", "num-partitions")  # node config keys that differ per node
 CLIENT_ERROR = 1  # an exception in the ClientApp, as Flower reports it
 
 
@@ -44,24 +55,39 @@ class InlineGrid(Grid):
         (client.faults, shared.deadline) all end at one deadline, the time the
         round's messages were pushed plus the timeout. Queries (the handshake) have
         no deadline. None: wait for every call.
+    cohort : bool
+        ``client_app`` is fedsigma's own: hold the clients' data as one array
+        (:class:`client.cohort.FederationCohort`) and offer ``handshake`` and
+        ``train_cohort``. Only when every node has the same node settings (one
+        policy), the shards derive from the scenario and no faults are injected
+        (client.faults acts on single messages); else, and when False,
+        every round goes through the ClientApp.
     """
 
     def __init__(
         self, client_app: ClientApp, node_configs: list[dict], run_config: dict, run_id: int = 1,
-        round_timeout: float | None = None,
+        round_timeout: float | None = None, cohort: bool = False,
     ) -> None:
         self.client_app = client_app
         self.round_timeout = round_timeout
         self._deadline: float | None = None
         self._run_id = run_id
         self._run = None
+        self._run_config = run_config
         self._ids = itertools.count(1)
         # Node ids are not partition ids in any real engine either.
-        self.contexts = {
-            1000 + 7 * i: Context(run_id, 1000 + 7 * i, dict(cfg), RecordDict(), dict(run_config))
-            for i, cfg in enumerate(node_configs)
-        }
+        self._configs = {1000 + 7 * i: cfg for i, cfg in enumerate(node_configs)}
+        self._contexts: dict[int, Context] = {}  # made on a node's first message: 10⁵ nodes cost nothing until used
         self._pending: dict[str, Message] = {}
+        self.cohort = self._cohort(run_config) if cohort else None
+
+    def context(self, node: int) -> Context:
+        """The node's Context (its state persists across rounds, as on a SuperNode)."""
+        if node not in self._contexts:
+            self._contexts[node] = Context(
+                self._run_id, node, dict(self._configs[node]), RecordDict(), dict(self._run_config)
+            )
+        return self._contexts[node]
 
     def set_run(self, run) -> None:  # noqa: D102
         self._run = run
@@ -74,13 +100,13 @@ class InlineGrid(Grid):
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> list[int]:  # noqa: D102
-        return list(self.contexts)
+        return list(self._configs)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Queue messages; each gets a message id as the SuperLink would give it."""
         ids = []
         for msg in messages:
-            if msg.metadata.dst_node_id not in self.contexts:
+            if msg.metadata.dst_node_id not in self._configs:
                 raise ValueError(f"no node {msg.metadata.dst_node_id}")
             mid = f"inline-{next(self._ids)}"
             msg.metadata.__dict__["_message_id"] = mid
@@ -97,7 +123,7 @@ class InlineGrid(Grid):
             msg = self._pending.pop(mid, None)
             if msg is None:
                 continue
-            context = self.contexts[msg.metadata.dst_node_id]
+            context = self.context(msg.metadata.dst_node_id)
             timed = self._deadline is not None and not msg.metadata.message_type.startswith("query")
             started = time.monotonic()
             try:
@@ -122,21 +148,49 @@ class InlineGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:  # noqa: D102
         return self.pull_messages(self.push_messages(messages))
 
+    # -- the cohort path (only with a FederationCohort) ----------------------
+    def _cohort(self, run_config: dict) -> FederationCohort | None:
+        shared = [{k: v for k, v in cfg.items() if k not in NODE_IDENTITY} for cfg in self._configs.values()]
+        scenario = scenario_from_run_config(run_config)
+        if not shared or any(s != shared[0] for s in shared) or scenario.data.kind == "nodes" \
+                or plan_for(scenario).active:  # injected faults act on single messages
+            return None
+        try:
+            cohort = FederationCohort(run_config, node_settings(self.context(next(iter(self._configs)))))
+        except PolicyError:  # refused: the ClientApp path gives every node its error reply
+            return None
+        self._partition = {node: int(cfg["partition-id"]) for node, cfg in self._configs.items()}
+        return cohort
+
+    def handshake(self) -> dict[int, tuple[int, int]]:
+        """node id → (partition id, local rows): what the ``hello`` query returns, without messages."""
+        nodes = list(self._configs)
+        rows = self.cohort.local_rows(np.array([self._partition[n] for n in nodes], dtype=np.int64))
+        return {node: (self._partition[node], int(r)) for node, r in zip(nodes, rows)}
+
+    def train_cohort(self, request: CohortRequest) -> CohortReplies:
+        """Every requested node's reply to one round, computed together."""
+        partitions = np.array([self._partition[n] for n in request.nodes], dtype=np.int64)
+        return self.cohort.train(partitions, request.weights, request.config, request.preconditioner,
+                                 request.send_hessian)
+
 
 def run_inline(
     server_app: ServerApp, client_app: ClientApp, num_nodes: int, run_config: dict,
-    node_configs: list[dict] | None = None, round_timeout: float | None = None,
+    node_configs: list[dict] | None = None, round_timeout: float | None = None, cohort: bool = False,
 ) -> None:
     """Run a ServerApp against ``num_nodes`` in-process ClientApps, like a simulation.
 
     Node k gets ``node_configs[k]``, by default ``partition-id = k``,
-    ``num-partitions = num_nodes``. ``round_timeout``: see :class:`InlineGrid`.
+    ``num-partitions = num_nodes``. ``round_timeout``: see :class:`InlineGrid`. ``cohort``:
+    ``client_app`` is fedsigma's own ClientApp and the scenario's shards derive from its
+    seed, so a round may run all its clients at once (:class:`client.cohort.FederationCohort`).
     """
     TaskIdentity.run_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 1
     configs = node_configs or [{"partition-id": k, "num-partitions": num_nodes} for k in range(num_nodes)]
-    grid = InlineGrid(client_app, configs, run_config, round_timeout=round_timeout)
+    grid = InlineGrid(client_app, configs, run_config, round_timeout=round_timeout, cohort=cohort)
     context = Context(1, SUPERLINK_NODE_ID, {}, RecordDict(), dict(run_config))
     server_app(grid, context)
 

@@ -1,0 +1,262 @@
+"""A GradCov round for many clients at once: draws client by client, arithmetic stacked.
+
+Every client keeps its own generator, seeded (scenario seed, partition id,
+round) exactly as a lone ClientApp seeds it, and consumes it in the same order
+(:func:`client.task.probe_draws`, then :func:`client.task.training_draws`).
+The gradients of all clients' batches then come from a few stacked calls of the
+model, whose per-batch arithmetic does not depend on the stack
+(:func:`client.task.batched_matvec`). So a cohort's replies are bit-identical
+to the replies of its clients run one by one — which is how the ClientApp runs
+them: :func:`cohort_round` with a cohort of one.
+
+Client data are one (rows, d) array plus each client's first row and row count,
+never a Python object per client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from client.policy import (
+    NodePolicy,
+    PolicyError,
+    check_memory,
+    check_round,
+    check_run_config_paths,
+    round_mu_squared,
+)
+from client.task import linear_model, local_step, probe_draws, probe_targets, training_draws
+from scenarios.federation import build_federation
+from scenarios.loader import scenario_from_run_config
+from shared import protocol as p
+from shared.calibration import injected_variances
+from shared.cohort import CohortReplies
+from shared.threads import single_thread
+
+CHUNK_FLOATS = 1 << 22  # gathered rows × d per stacked call (32 MB): bounds memory at any cohort size
+
+
+@dataclass(frozen=True)
+class CohortData:
+    """Clients' rows stored as one array: client c holds X[starts[c] : starts[c] + sizes[c]].
+
+    Parameters
+    ----------
+    X : ndarray of shape (rows, d)
+    y : ndarray of shape (rows,)
+    starts, sizes : ndarray of int, shape (c,)
+    partitions : ndarray of int, shape (c,)
+        Each client's partition id (seeds its generator).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+    partitions: np.ndarray
+
+    def take(self, positions: np.ndarray) -> CohortData:
+        """The clients at these positions (no rows are copied)."""
+        return CohortData(self.X, self.y, self.starts[positions], self.sizes[positions], self.partitions[positions])
+
+
+def round_settings(config) -> SimpleNamespace:
+    """The protocol values of a round's config record (:mod:`shared.protocol` keys)."""
+    return SimpleNamespace(
+        server_round=int(config[p.ROUND]),
+        batch_size=int(config[p.BATCH_SIZE]),
+        probes=int(config[p.PROBES]),
+        noise_levels=[float(c) for c in config[p.NOISE_LEVELS]],
+        natural_var=float(config[p.NATURAL_VAR]),
+        label_clip=float(config.get(p.LABEL_CLIP, 0.0) or 0.0),
+        train_gradient=str(config[p.TRAIN_GRADIENT]),
+        noisy_targets=bool(config[p.NOISY_TARGETS]),
+        local_steps=int(config[p.LOCAL_STEPS]),
+        local_learning_rate=float(config[p.LOCAL_LR]),
+    )
+
+
+def cohort_round(
+    model, data: CohortData, w: np.ndarray, config, *, seed: int, precond: np.ndarray | None = None,
+    send_hessian: np.ndarray | None = None, probe_levels: list[float] | None = None,
+) -> CohortReplies:
+    """Probe gradients at w and the training gradient (or local-step update) of every client.
+
+    Parameters
+    ----------
+    model : client.task.LinearModel or ModuleModel
+    data : CohortData
+        The clients, in the order of the replies.
+    w : ndarray of shape (d,)
+    config : mapping
+        The round's protocol config (what a ClientApp receives as ``config``).
+    seed : int
+        The scenario seed.
+    precond : ndarray (d, d) or None
+        The P local steps use (None = I).
+    send_hessian : ndarray of bool, shape (c,), or None
+        Clients that also return XᵀX/N.
+    probe_levels : list of float or None
+        Noise multipliers the probes use instead of the config's (a faulty client's).
+
+    Returns
+    -------
+    CohortReplies in the clients' order.
+    """
+    cfg = round_settings(config)
+    cfg.probe_levels = cfg.noise_levels if probe_levels is None else list(probe_levels)
+    count, dim = len(data.partitions), len(w)
+    levels = len(cfg.noise_levels)
+    k = cfg.probes if cfg.probes > 0 else 0
+    probes = np.zeros((count, levels if k else 0, k, dim))
+    updates = np.empty((count, dim))
+    used = np.where(cfg.train_gradient == "full", data.sizes, cfg.batch_size)
+    batches_per_client = max(1, levels * k) * cfg.batch_size + int(data.sizes.max(initial=1))
+    chunk = max(1, CHUNK_FLOATS // (batches_per_client * dim))
+    for lo in range(0, count, chunk):
+        part = np.arange(lo, min(lo + chunk, count))
+        draws = [_client_draws(data, c, cfg, seed, levels, k) for c in part]
+        if k:
+            probes[part] = _probe_chunk(model, data, part, draws, w, cfg).reshape(len(part), levels, k, dim)
+        for group in _size_groups(data, part, cfg):
+            updates[group] = _training_group(model, data, group, [draws[c - lo][1] for c in group], w, cfg, precond)
+    hessians = {}
+    if send_hessian is not None:
+        for c in np.flatnonzero(send_hessian):
+            Xc = data.X[data.starts[c] : data.starts[c] + data.sizes[c]]
+            hessians[int(c)] = Xc.T @ Xc / len(Xc)
+    return CohortReplies(data.partitions.copy(), probes, updates, used.astype(np.int64), data.sizes.copy(), hessians)
+
+
+def _client_draws(data: CohortData, c: int, cfg, seed: int, levels: int, k: int):
+    """Client c's generator, consumed as the lone ClientApp consumes it."""
+    rows = int(data.sizes[c])
+    rng = np.random.default_rng([seed, int(data.partitions[c]), cfg.server_round])
+    probe = None
+    if k:
+        probe = probe_draws(rows, batch_size=cfg.batch_size, probes=k, multipliers=cfg.probe_levels,
+                            natural_var=cfg.natural_var, rng=rng)
+    noise_std = 0.0
+    if cfg.noisy_targets:
+        noise_std = float(np.sqrt(injected_variances(cfg.noise_levels[-1:], cfg.batch_size, rows, cfg.natural_var)[0]))
+    train = training_draws(rows, kind=cfg.train_gradient, batch_size=cfg.batch_size, noise_std=noise_std,
+                           local_steps=cfg.local_steps, rng=rng)
+    return probe, train
+
+
+def _probe_chunk(model, data: CohortData, part: np.ndarray, draws, w: np.ndarray, cfg) -> np.ndarray:
+    rows = np.stack([d[0].rows for d in draws]) + data.starts[part][:, None, None]
+    noise = np.stack([d[0].noise for d in draws])
+    rows, noise = rows.reshape(-1, cfg.batch_size), noise.reshape(-1, cfg.batch_size)
+    return model.gradients(w, data.X[rows], probe_targets(data.y, rows, noise, cfg.label_clip))
+
+
+def _size_groups(data: CohortData, part: np.ndarray, cfg) -> list[np.ndarray]:
+    """Clients whose training batches have one shape: all of them for mini-batches,
+    clients with equal N for full-data gradients."""
+    if cfg.train_gradient != "full":
+        return [part]
+    sizes = data.sizes[part]
+    return [part[sizes == s] for s in np.unique(sizes)]
+
+
+def _training_group(model, data: CohortData, group: np.ndarray, draws, w: np.ndarray, cfg, precond) -> np.ndarray:
+    """Training gradients (local_steps = 0) or updates of clients with equal batch shapes, (g, d)."""
+    local = np.tile(w, (len(group), 1))
+    for step in range(max(cfg.local_steps, 1)):
+        idx = [d.rows[step] for d in draws]
+        if idx[0] is None:
+            Xb, yb = _full_rows(data, group)
+        else:
+            rows = np.stack(idx) + data.starts[group][:, None]
+            Xb, yb = data.X[rows], data.y[rows]
+        noise = [d.noise[step] for d in draws]
+        if noise[0] is not None:
+            yb = yb + np.stack(noise)
+        if cfg.local_steps == 0:
+            return model.gradients(w, Xb, yb)
+        local = local_step(local, model.gradients(local, Xb, yb), cfg.local_learning_rate, precond)
+    return local - w
+
+
+def _full_rows(data: CohortData, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of clients with equal N as (g, N, d), (g, N): a view when they are stored
+    back to back, else a gathered copy."""
+    size = int(data.sizes[group[0]])
+    starts = data.starts[group]
+    if np.all(np.diff(starts) == size):
+        lo, hi = int(starts[0]), int(starts[0]) + size * len(group)
+        return data.X[lo:hi].reshape(len(group), size, -1), data.y[lo:hi].reshape(len(group), size)
+    rows = starts[:, None] + np.arange(size)
+    return data.X[rows], data.y[rows]
+
+
+class FederationCohort:
+    """Every client of a scenario whose shards derive from its seed, ready to run as a cohort.
+
+    Holds the federation's pooled rows once (one array and offsets: scenarios/federation.py
+    stores each shard contiguously) — the inline engine's cohort path. Every node runs
+    under one node policy (client/policy.py), applied as its mod would apply it: the
+    round's checks once, the replay guard and μ budget per node, and each reply's
+    ``mu-probe`` / ``mu-spent``.
+
+    Parameters
+    ----------
+    run_config : dict
+        The run config every ClientApp sees (the scenario travels in it).
+    settings : dict
+        The node settings all nodes share (:func:`client.policy.node_settings`).
+
+    Raises
+    ------
+    PolicyError
+        When the settings or the run config are refused (the ClientApp would refuse
+        every message, the handshake included).
+    """
+
+    def __init__(self, run_config: dict, settings: dict) -> None:
+        self.policy = NodePolicy.from_settings(settings)
+        check_run_config_paths(run_config, self.policy.allowed_files(settings))
+        scenario = scenario_from_run_config(run_config)
+        if scenario.data.kind == "nodes":
+            raise ValueError("data.kind = 'nodes': each node reads its own table; run clients one by one")
+        fed = build_federation(scenario)
+        self.seed = scenario.seed
+        self.model = linear_model(scenario.dim())
+        starts = np.array([s.start for s in fed.shards], dtype=np.int64)
+        sizes = np.array([s.stop - s.start for s in fed.shards], dtype=np.int64)
+        self.data = CohortData(fed.X, fed.y, starts, sizes, np.arange(len(starts)))
+        self._mu_squared = np.zeros(len(starts))  # each node's accountant (client/policy.Ledger)
+        self._last_round = np.zeros(len(starts), dtype=np.int64)
+
+    def local_rows(self, partitions: np.ndarray) -> np.ndarray:
+        """N of each listed partition."""
+        return self.data.sizes[partitions]
+
+    def train(self, partitions: np.ndarray, w: np.ndarray, config, precond: np.ndarray | None,
+              send_hessian: np.ndarray) -> CohortReplies:
+        """The replies of these partitions to one round (see :func:`cohort_round`); nodes
+        their policy refuses send none."""
+        cfg = dict(config)
+        rnd = int(cfg.get(p.ROUND, 0))
+        try:
+            mu_probe, refused = check_round(self.policy, cfg), False  # also tightens label-clip to the node's bound
+            check_memory(self.policy, cfg, len(w))
+        except PolicyError:
+            mu_probe, refused = 0.0, True
+        after = self._mu_squared[partitions] + round_mu_squared(mu_probe, cfg)
+        ok = (rnd > self._last_round[partitions]) & (np.sqrt(after) <= self.policy.mu_budget) & (not refused)
+        if not self.policy.allow_hessian:
+            ok &= ~send_hessian
+        partitions = partitions[ok]
+        with single_thread():
+            replies = cohort_round(self.model, self.data.take(partitions), w, cfg, seed=self.seed,
+                                   precond=precond, send_hessian=send_hessian[ok])
+        self._mu_squared[partitions] = after[ok]
+        self._last_round[partitions] = rnd
+        replies.metrics[p.MU_PROBE] = np.full(len(partitions), float(mu_probe))
+        replies.metrics[p.MU_SPENT] = np.sqrt(self._mu_squared[partitions])
+        return replies
