@@ -25,6 +25,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from client.client_app import app as fedsigma_client_app
 from client.cohort import FederationCohort
 from client.faults import plan_for
 from client.policy import PolicyError, node_settings
@@ -79,7 +80,8 @@ class InlineGrid(Grid):
         self._configs = {1000 + 7 * i: cfg for i, cfg in enumerate(node_configs)}
         self._contexts: dict[int, Context] = {}  # made on a node's first message: 10⁵ nodes cost nothing until used
         self._pending: dict[str, Message] = {}
-        self.cohort = self._cohort(run_config) if cohort else None
+        # the cohort computes what fedsigma's ClientApp computes: not for any other (or wrapped) app
+        self.cohort = self._cohort(run_config) if cohort and client_app is fedsigma_client_app else None
 
     def context(self, node: int) -> Context:
         """The node's Context (its state persists across rounds, as on a SuperNode)."""
