@@ -15,7 +15,7 @@ never a Python object per client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -242,15 +242,26 @@ class FederationCohort:
         their policy refuses send none."""
         cfg = dict(config)
         rnd = int(cfg.get(p.ROUND, 0))
+        refusal = None
         try:
-            mu_probe, refused = check_round(self.policy, cfg), False  # also tightens label-clip to the node's bound
+            mu_probe = check_round(self.policy, cfg)  # also tightens label-clip to the node's bound
             check_memory(self.policy, cfg, len(w))
-        except PolicyError:
-            mu_probe, refused = 0.0, True
+        except PolicyError as exc:
+            mu_probe, refusal = 0.0, str(exc)
         after = self._mu_squared[partitions] + round_mu_squared(mu_probe, cfg)
-        ok = (rnd > self._last_round[partitions]) & (np.sqrt(after) <= self.policy.mu_budget) & (not refused)
-        if not self.policy.allow_hessian:
-            ok &= ~send_hessian
+        checks = {  # the mod's per-node refusals, in its order
+            "replay: rounds must increase": rnd > self._last_round[partitions],
+            "mu-budget: the round would take μ past it": np.sqrt(after) <= self.policy.mu_budget,
+            "allow-hessian: this node does not send XᵀX/N": self.policy.allow_hessian | ~send_hessian,
+        }
+        ok = np.full(len(partitions), refusal is None)
+        for reason, passed in checks.items():
+            if refusal is None and not passed.all():
+                refusal = f"node policy {reason}"
+            ok &= passed
+        if refusal is not None:
+            first = int(partitions[np.flatnonzero(~ok)[0]]) if (~ok).any() else None
+            refusal = refusal if first is None else f"partition {first}: {refusal}"
         partitions = partitions[ok]
         with single_thread():
             replies = cohort_round(self.model, self.data.take(partitions), w, cfg, seed=self.seed,
@@ -259,4 +270,4 @@ class FederationCohort:
         self._last_round[partitions] = rnd
         replies.metrics[p.MU_PROBE] = np.full(len(partitions), float(mu_probe))
         replies.metrics[p.MU_SPENT] = np.sqrt(self._mu_squared[partitions])
-        return replies
+        return replace(replies, refusal=refusal)

@@ -132,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="HTTPS and SuperNode authentication, with fresh certificates unless --certs")
     dep.add_argument("--certs", type=Path, metavar="DIR",
                      help="TLS with the CA, server certificate and SuperNode keys of scripts/make-certs.sh DIR")
+    sim = run.add_argument_group("simulation engine")
+    sim.add_argument("--ray-address", metavar="HOST:PORT",
+                     help="run the clients on this running Ray cluster (its head's `ray start --head` "
+                          "address) instead of a private one on this machine")
     run.set_defaults(func=cmd_run)
     show = sub.add_parser("show", help="print a scenario with every default filled in, as JSON")
     show.add_argument("scenario")
@@ -310,7 +314,13 @@ def resume_target(args) -> tuple[Scenario, str, Path, int]:
 def deployment_options(args, scenario) -> DeployOptions:
     """Check the deployment flags against the scenario's engine; one-line errors."""
     opts = DeployOptions(args.superlink, args.no_supernodes, args.tls or args.certs is not None,
-                         args.certs.resolve() if args.certs else None)
+                         args.certs.resolve() if args.certs else None, args.ray_address)
+    if opts.ray_address is not None:
+        if scenario.engine != "simulation":
+            raise ScenarioError("--ray-address: only with the simulation engine; add --engine simulation")
+        host, _, port = opts.ray_address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ScenarioError(f"--ray-address: expected HOST:PORT (e.g. 10.0.0.5:6379), got {opts.ray_address!r}")
     if scenario.engine != "deployment":
         for flag, given in (("--superlink", opts.superlink), ("--no-supernodes", opts.no_supernodes),
                             ("--tls", args.tls), ("--certs", opts.certs)):

@@ -60,6 +60,8 @@ class CohortReplies:
         Position in this cohort → XᵀX/N, for the clients that sent one.
     metrics : dict of str to ndarray (c,)
         Further per-reply numbers, by their :mod:`shared.protocol` metric name.
+    refusal : str or None
+        Why requested nodes sent no reply (one line, naming a node), if any did not.
     """
 
     partitions: np.ndarray
@@ -69,6 +71,7 @@ class CohortReplies:
     local_rows: np.ndarray
     hessians: dict[int, np.ndarray] = field(default_factory=dict)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    refusal: str | None = None
 
     def __len__(self) -> int:
         return len(self.partitions)
@@ -85,5 +88,5 @@ class CohortReplies:
             self.partitions[positions], self.probes[positions], self.updates[positions],
             self.num_examples[positions], self.local_rows[positions],
             {where[k]: h for k, h in self.hessians.items() if k in where},
-            {name: values[positions] for name, values in self.metrics.items()},
+            {name: values[positions] for name, values in self.metrics.items()}, self.refusal,
         )

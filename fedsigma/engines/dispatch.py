@@ -49,7 +49,8 @@ def run_engine(
             certs=Certificates(deploy.certs) if deploy.certs else None,
         )
     else:
-        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log", node_settings=policy)
+        run_simulation(scenario.clients.count, run_config, log_path=out / "flower.log", node_settings=policy,
+                       ray_address=deploy.ray_address)
 
 
 def check_size(scenario, method: str = "gradcov") -> Estimate:
@@ -67,12 +68,14 @@ def size_report(scenario, method: str = "gradcov") -> str:
 
 @dataclass(frozen=True)
 class DeployOptions:
-    """The deployment engine's flags of ``fedsigma run``."""
+    """The engine flags of ``fedsigma run``: the deployment engine's, and the simulation
+    engine's ``ray_address`` (a running Ray cluster, HOST:PORT)."""
 
     superlink: str | None = None
     no_supernodes: bool = False
     tls: bool = False
     certs: Path | None = None
+    ray_address: str | None = None
 
     def share_out_dir(self, out: Path) -> None:
         """On a SuperLink we did not start, its ServerApp writes the results folder

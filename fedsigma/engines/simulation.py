@@ -17,10 +17,12 @@ from client.policy import ENV_NODE_CONFIG
 from fedsigma.engines import processes as fp
 
 RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+RAY_ADDRESS = "RAY_ADDRESS"  # ray.init() with no address joins the cluster this names
 
 
 def run_simulation(
-    num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0, node_settings: dict | None = None
+    num_nodes: int, run_config: dict, log_path: Path, timeout: float = 3600.0, node_settings: dict | None = None,
+    ray_address: str | None = None,
 ) -> None:
     """Run the ServerApp/ClientApp on Ray with ``num_nodes`` virtual SuperNodes.
 
@@ -28,6 +30,11 @@ def run_simulation(
     tail) if the run does not finish and write its summary. ``node_settings``:
     node config entries every virtual node gets (Flower gives them none of their
     own), through the environment (client/policy.py, ``FEDSIGMA_NODE_CONFIG``).
+    ``ray_address``: HOST:PORT of a running Ray cluster's head (``ray start --head``)
+    to run the ClientApps on, across all its machines; None starts a private
+    single-machine Ray. Flower's Ray backend calls ``ray.init()`` without an address,
+    which joins the cluster named by ``RAY_ADDRESS``: we set it for the SuperLink and
+    everything it starts.
     """
     out_dir = Path(run_config["out-dir"])
     with tempfile.TemporaryDirectory(prefix="fedsigma-sim-") as tmp, log_path.open("w") as log:
@@ -38,7 +45,10 @@ def run_simulation(
         # Ray's own switch for a single-machine cluster: its node address becomes the
         # loopback one, so the raylet, GCS and workers listen on 127.0.0.1 only (on Linux
         # Ray otherwise takes the machine's network address and listens on every interface)
-        env[RAY_SINGLE_MACHINE] = "0"
+        if ray_address is None:
+            env[RAY_SINGLE_MACHINE] = "0"
+        else:
+            env[RAY_ADDRESS] = ray_address
         port = fp.free_port()
         fp.write_connection(home, f"127.0.0.1:{port}")
         app = fp.stage_app(tmp)
