@@ -83,6 +83,11 @@ class InlineGrid(Grid):
         # the cohort computes what fedsigma's ClientApp computes: not for any other (or wrapped) app
         self.cohort = self._cohort(run_config) if cohort and client_app is fedsigma_client_app else None
 
+    @property
+    def contexts(self) -> dict[int, Context]:
+        """Every node's Context, by node id (made now for nodes that had no message yet)."""
+        return {node: self.context(node) for node in self._configs}
+
     def context(self, node: int) -> Context:
         """The node's Context (its state persists across rounds, as on a SuperNode)."""
         if node not in self._contexts:
