@@ -2,6 +2,7 @@
 
     python benchmarks/faults.py [--seeds 1,2,3,4,5] [--scenarios quickstart,ill_conditioned]
                                 [--kinds nan,inf,...] [--byzantine 1,4] [--skip-dropout] [--skip-byzantine]
+                                [--skip-stragglers] [--straggler-engines inline,simulation]
 
 Every faulty run has a clean twin with the same scenario and seed (inline engine),
 so each ratio is measured in this one run. Per condition it prints the median over
@@ -12,6 +13,9 @@ is held to (issue 10):
 - ``faults.dropout`` 0.1: rounds ≤ 1.2× clean; 0.3: ≤ 1.5×; ``clients.fraction`` 0.5 reaches the target;
 - 1 Byzantine client of 20, each kind: finishes, rounds ≤ 1.5× clean, final Σ̂ error ≤ 2× clean;
   4 of 20: reported against the same bars.
+
+- stragglers past ``training.round_timeout``: a round costs at most the timeout more than
+  the clean round (median seconds per round, same scenario and seed, side by side).
 
 Byzantine runs use 20 clients (``clients.count = 20``). Their target and Σ̂ error
 are the honest clients' (server.build.oracle_for): a lying client's data never
@@ -34,6 +38,7 @@ from rich.table import Table
 from fedsigma.engines.dispatch import run_engine
 from scenarios.loader import load_scenario
 from scenarios.schema import BYZANTINE_KINDS
+from shared.results import read_rounds
 
 DROPOUT_GOALS = {  # condition → (overrides, max rounds ratio; None: must reach the target)
     "dropout 0.1": (["faults.dropout=0.1"], 1.2),
@@ -107,6 +112,44 @@ def byzantine_table(scenarios: list[str], seeds: list[int], kinds: list[str], co
     console.print(table)
 
 
+STRAGGLER_RUN = ["stop.max_rounds=6", "stop.target=1e-300"]  # every round runs: 6 timed rounds
+STRAGGLER_TIMEOUT = {"inline": 1.0, "simulation": 3.0}  # s: above a clean round on each engine
+STRAGGLER_DELAY = 30.0  # s a straggler would take: far past the timeout
+
+
+def round_seconds(scenario: str, sets: list[str], tmp: Path) -> tuple[float, list[int]]:
+    """(median seconds of a round, clients_failed per round) of one run."""
+    sc = load_scenario(scenario, sets)
+    out = tmp / f"run{len(list(tmp.iterdir()))}"
+    out.mkdir()  # the Flower engines write their log there before the ServerApp starts
+    run_engine(sc, out)
+    rows = read_rounds(out / "rounds.csv")
+    return statistics.median(r["seconds"] for r in rows), [int(r["clients_failed"]) for r in rows]
+
+
+def straggler_table(scenario: str, engines: list[str], console: Console, tmp: Path) -> None:
+    """Stragglers (0, 1 or 3 of 10 clients) that would reply after 30 s, against a round
+    timeout: the extra time per round, held to ≤ the timeout."""
+    table = Table(title=f"Stragglers past training.round_timeout ({scenario}, 10 clients, "
+                        f"delay {STRAGGLER_DELAY:g} s, median s per round of 6)")
+    for col in ("engine", "stragglers", "timeout", "round s", "clean s", "extra s", "failed/round", "goal", "met"):
+        table.add_column(col)
+    for engine in engines:
+        timeout = STRAGGLER_TIMEOUT[engine]
+        base = [*STRAGGLER_RUN, "clients.count=10", f'engine="{engine}"', f"training.round_timeout={timeout}"]
+        clean, _ = round_seconds(scenario, base, tmp)
+        for fraction in (0.1, 0.3):
+            sets = base + [f"faults.stragglers={fraction}", f"faults.straggler_delay={STRAGGLER_DELAY}"]
+            seconds, failed = round_seconds(scenario, sets, tmp)
+            extra = seconds - clean
+            table.add_row(engine, str(round(fraction * 10)), f"{timeout:g}", f"{seconds:.2f}", f"{clean:.2f}",
+                          f"{extra:.2f}", ",".join(map(str, sorted(set(failed)))), f"≤ {timeout:g}",
+                          "yes" if extra <= timeout else "NO")
+            console.print(f"  {engine}, {round(fraction * 10)} stragglers: {seconds:.2f} s a round vs "
+                          f"{clean:.2f} s clean (timeout {timeout:g} s)", highlight=False)
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3,4,5")
@@ -115,6 +158,8 @@ def main() -> None:
     parser.add_argument("--byzantine", default="1,4", help="numbers of Byzantine clients of 20")
     parser.add_argument("--skip-dropout", action="store_true")
     parser.add_argument("--skip-byzantine", action="store_true")
+    parser.add_argument("--skip-stragglers", action="store_true")
+    parser.add_argument("--straggler-engines", default="inline", help="inline and/or simulation")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -128,6 +173,9 @@ def main() -> None:
             kinds = [k for k in args.kinds.split(",") if k]
             counts = [int(c) for c in args.byzantine.split(",") if c]
             byzantine_table(scenarios, seeds, kinds, counts, console, tmp)
+        if not args.skip_stragglers:
+            engines = [e for e in args.straggler_engines.split(",") if e]
+            straggler_table(scenarios[0], engines, console, tmp)
     console.print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -62,6 +62,7 @@ from scenarios.node_data import DATA_PATH, NodeDataError
 from scenarios.schema import Scenario
 from shared import protocol as p
 from shared.calibration import injected_variances
+from shared.deadline import DeadlineExceeded
 from shared.privacy import label_mu
 
 ENV_NODE_CONFIG = "FEDSIGMA_NODE_CONFIG"
@@ -318,6 +319,8 @@ def _safe(call_next, msg: Message, context: Context) -> Message:
     """Run the handler; an exception becomes a reply naming only its type (details in the node's log)."""
     try:
         return call_next(msg, context)
+    except DeadlineExceeded:  # the inline engine's round deadline (shared.deadline): a missing reply, not a failure
+        raise
     except (PolicyError, NodeDataError) as exc:
         log(ERROR, "fedsigma node: %s", exc)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=msg)

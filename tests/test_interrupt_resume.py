@@ -71,15 +71,19 @@ def _same_results(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(np.load(a / name), np.load(b / name), err_msg=name)
 
 
+SAMPLED = ["--set", "training.gradient=\"minibatch\"", "--set", "clients.fraction=0.7"]
+FAULTY = ["--set", "faults.dropout=0.2", "--set", "faults.byzantine=1", "--set", "faults.byzantine_kind=\"scale\""]
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("kill_at", [2, 7])
-def test_a_run_sigkilled_then_resumed_matches_the_uninterrupted_run(tmp_path, kill_at):
+@pytest.mark.parametrize("kill_at, variant", [(2, SAMPLED), (7, FAULTY)], ids=["sampled-minibatch", "faults"])
+def test_a_run_sigkilled_then_resumed_matches_the_uninterrupted_run(tmp_path, kill_at, variant):
     """SIGKILL (no clean-up of any kind) once rounds.csv shows round ``kill_at``; ``run
     --resume`` then finishes the run, and its results are those of a run never stopped.
     Minibatch gradients and 70 % sampling: the client draws and the server's sampling
-    both have to continue exactly where they were."""
-    settings = [*LONG, "--set", "training.gradient=\"minibatch\"", "--set", "clients.fraction=0.7",
-                "--set", "stop.max_rounds=25"]
+    both continue exactly where they were; dropouts and a Byzantine client: the fault
+    draws, the robust screens' memory and the gradient table too."""
+    settings = [*LONG, *variant, "--set", "stop.max_rounds=25"]
     whole = tmp_path / "whole"
     assert main(["run", "quickstart", "--out", str(whole), *settings]) == 0
     out = tmp_path / "killed"
