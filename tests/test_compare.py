@@ -121,3 +121,15 @@ def test_spread_counts_misses_and_failures_as_infinite():
     row = {"rounds_to_target_by_seed": "1200000 1300000", "rounds_to_target_median": 1250000}
     assert spread(row) == "1250000 (1200000–1300000)"
     assert spread({"rounds_to_target_by_seed": "- -", "rounds_to_target_median": ""}) == "not reached"
+
+
+def test_the_grid_is_extended_when_no_value_reaches_the_target(tmp_path):
+    """FedAdam in 1 round reaches no target and its largest grid value ends lowest: that
+    edge is still stepped past, so no method loses for want of tuning."""
+    out = tmp_path / "ext"
+    assert main(["compare", "quickstart", "--methods", "fedadam", "--max-rounds", "1", "--out", str(out)]) == 0
+    with (out / "comparison.csv").open(newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["rounds_to_target"] == ""
+    grid = [float(v) for v in row["tuned_grid"].split()]
+    assert len(grid) > 3 and max(grid) > 0.3, grid
