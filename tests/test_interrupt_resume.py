@@ -169,19 +169,35 @@ def test_the_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
     assert checkpoint.read_meta(out)["round"] == 3
 
 
-def _interrupted_run(tmp_path: Path) -> Path:
-    """quickstart, 12 rounds budgeted, Ctrl-C during round 4: three rounds checkpointed."""
+def _interrupted_run(tmp_path: Path, settings: list[str] = (*LONG, "--set", "stop.max_rounds=12"),
+                     after: int = 30) -> Path:
+    """quickstart (10 clients unless ``settings`` say otherwise), Ctrl-C after ``after``
+    training calls: with 10 clients and 30 calls, three rounds checkpointed."""
     from client.client_app import app as real
 
     calls = {"n": 0}
 
     def interrupted(msg, context):
         calls["n"] += msg.metadata.message_type == "train"
-        if calls["n"] > 30:
+        if calls["n"] > after:
             raise KeyboardInterrupt
         return real(msg, context)
 
     out = tmp_path / "out"
     with patch("fedsigma.engines.dispatch.client_app", interrupted):
-        assert main(["run", "quickstart", "--out", str(out), *LONG, "--set", "stop.max_rounds=12"]) == 130
+        assert main(["run", "quickstart", "--out", str(out), *settings]) == 130
     return out
+
+
+@pytest.mark.timeout(300)
+def test_an_inline_run_resumed_on_the_simulation_engine_matches(tmp_path):
+    """The checkpoint travels through Flower's run config (``resume``) and the staged
+    app (the same code fingerprint): an inline run stopped after round 3 and resumed on
+    Ray gives the uninterrupted inline run's numbers."""
+    settings = [*LONG, "--set", "stop.max_rounds=6", "--set", "clients.count=4"]
+    whole = tmp_path / "whole"
+    assert main(["run", "quickstart", "--out", str(whole), *settings]) == 0
+    out = _interrupted_run(tmp_path, settings, after=3 * 4)
+    assert main(["run", "--resume", str(out), "--engine", "simulation"]) == 0
+    assert json.loads((out / "summary.json").read_text())["engine"] == "simulation"
+    _same_results(whole, out)
