@@ -90,6 +90,8 @@ def load_node_table(path: str, target: str, dim: int, batch_size: int) -> tuple[
         raise NodeDataError(
             f"node config {DATA_PATH}: {path} has {len(X)} rows, fewer than protocol.batch_size = {batch_size}"
         )
+    if np.ptp(y) == 0:
+        raise NodeDataError(f"node config {TARGET}: the target column of {path} is constant: nothing to learn")
     X, y = datasets.standardise(X, y)
     for arr in (X, y):
         arr.setflags(write=False)

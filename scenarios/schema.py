@@ -111,10 +111,14 @@ class Data(_Section):
             if not path.is_file():
                 raise ValueError(f"data.paths[{k}]: no such file {str(path)!r}")
             try:
-                features = len(load_csv(path, self.target)[2])
+                _, y, names = load_csv(path, self.target)
             except (ValueError, OSError) as exc:
                 field = "data.target" if "no column" in str(exc) else f"data.paths[{k}]"
                 raise ValueError(f"{field}: {exc}") from None
+            features = len(names)
+            if y.min() == y.max():
+                raise ValueError(f"data.paths[{k}]: {path}: the target column {self.target!r} is constant: "
+                                 "nothing to learn")
             if features != self.dim:
                 raise ValueError(f"data.paths[{k}]: {path} has {features} feature columns, data.dim = {self.dim}")
 

@@ -199,6 +199,10 @@ CASES = [
     case("csv-is-a-folder", run(), ["data.path"], {"scenario.toml": csv_scenario("full")}),
     *[case(f"csv-{name}", run(), names, {"scenario.toml": csv_scenario("t.csv"), "t.csv": text})
       for name, (text, names) in CSV_CELLS.items()],
+    case("nodes-constant-target", run(), ["data.paths[1]", "constant"],
+         {"scenario.toml": GOOD.replace("dim = 4", 'kind = "nodes"\ndim = 3\ntarget = "y"\n'
+                                        'paths = ["data.csv", "flat.csv"]').replace("count = 4", "count = 2"),
+          "flat.csv": _table(y=np.zeros(60))}),
     # output folders
     case("out-in-proc", ["run", "scenario.toml", "--out", "/proc/x"], ["--out", "/proc"]),
     case("out-is-a-file", ["run", "scenario.toml", "--out", "README.md"], ["--out", "README.md"]),

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fedsigma.engines.dispatch import check_size, run_engine  # noqa: E402
@@ -108,13 +109,13 @@ def compare(
             try:
                 run_engine(sc, run_dir, method)
             except Exception as exc:  # noqa: BLE001 — one failed setting must not end the comparison
-                console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
+                console.print(f" failed: {type(exc).__name__}: {escape(str(exc))}", highlight=False)
                 if not (run_dir / "summary.json").is_file():
                     return
             summary = json.loads((run_dir / "summary.json").read_text())
             outcome = Outcome(method, value, run_dir, summary, read_rounds(run_dir / "rounds.csv"),
                               time.perf_counter() - started)
-            console.print(f" {summary['status']}, {outcome.reached or '-'} rounds", highlight=False)
+            console.print(f" {escape(str(summary['status']))}, {outcome.reached or '-'} rounds", highlight=False)
             tried.append(outcome)
 
         for value in values:
@@ -166,7 +167,7 @@ def _rerun_on_seeds(scenario: Scenario, method: str, value: float, multiple: flo
             reached = json.loads((run_dir / "summary.json").read_text())["rounds_to_target"]
             console.print(f" {reached or '-'} rounds", highlight=False)
         except Exception as exc:  # noqa: BLE001 — one failed seed must not end the comparison
-            console.print(f" failed: {type(exc).__name__}: {exc}", highlight=False)
+            console.print(f" failed: {type(exc).__name__}: {escape(str(exc))}", highlight=False)
             reached = "failed"
         results.append(reached)
     return results
