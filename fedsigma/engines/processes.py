@@ -7,6 +7,7 @@ process groups stopped by PID however the run ends.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -152,7 +153,20 @@ def _watch(pid: int) -> None:
                                      text=True, start_new_session=True, cwd=ROOT,
                                      env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                          [str(ROOT), os.environ.get("PYTHONPATH", "")])})
+        atexit.register(_close_watchdog)
     _tell_watchdog(f"{pid} {start_time(pid)}")
+
+
+def _close_watchdog() -> None:
+    """At a normal exit: end the watchdog's input and wait for it, so no process of ours
+    outlives this one even briefly (it stops whatever is still registered)."""
+    if _watchdog is None or _watchdog.poll() is not None:
+        return
+    try:
+        _watchdog.stdin.close()
+        _watchdog.wait(timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def _unwatch(pids: list[int]) -> None:
