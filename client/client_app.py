@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from client.cohort import CohortData, cohort_round
 from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
-from client.policy import enforce
+from client.policy import enforce, noise_seed_words
 from client.task import GradientOracle, linear_model, training_direction
 from scenarios.loader import scenario_from_run_config
 from scenarios.node_data import client_rows
@@ -74,7 +74,7 @@ def local_training(msg: Message, context: Context) -> Message:
     X, y, pid, seed = local_data(context)
     cfg = msg.content[p.CONFIG]
     w = msg.content[p.ARRAYS][p.WEIGHTS].numpy()
-    rng = np.random.default_rng([seed, pid, int(cfg[p.ROUND])])
+    rng = np.random.default_rng([seed, pid, int(cfg[p.ROUND]), *noise_seed_words(context)])
     with single_thread():
         update, used = training_direction(
             gradient_oracle(X.shape[1]), w, X, y, kind=str(cfg[p.TRAIN_GRADIENT]),
@@ -130,6 +130,7 @@ def gradcov_round(msg: Message, context: Context, faults: FaultPlan | None = Non
             gradient_oracle(X.shape[1]).model, one, w, cfg, seed=seed, precond=precond,
             send_hessian=np.array([bool(cfg.get(p.SEND_HESSIAN, False))]),  # the Newton baseline only
             probe_levels=None if faults is None else faults.noise_levels(pid, levels),
+            noise_words=noise_seed_words(context),
         )
     out = ArrayRecord({p.PROBE_GRADS: Array(got.probes[0]), p.UPDATE: Array(got.updates[0])})
     if 0 in got.hessians:

@@ -82,6 +82,7 @@ def round_settings(config) -> SimpleNamespace:
 def cohort_round(
     model, data: CohortData, w: np.ndarray, config, *, seed: int, precond: np.ndarray | None = None,
     send_hessian: np.ndarray | None = None, probe_levels: list[float] | None = None,
+    noise_words: list[int] | None = None,
 ) -> CohortReplies:
     """Probe gradients at w and the training gradient (or local-step update) of every client.
 
@@ -101,6 +102,8 @@ def cohort_round(
         Clients that also return XᵀX/N.
     probe_levels : list of float or None
         Noise multipliers the probes use instead of the config's (a faulty client's).
+    noise_words : list of int or None
+        Extra seed words from a lone node's ``noise-secret`` (client.policy.noise_seed_words).
 
     Returns
     -------
@@ -118,7 +121,7 @@ def cohort_round(
     chunk = max(1, CHUNK_FLOATS // (batches_per_client * dim))
     for lo in range(0, count, chunk):
         part = np.arange(lo, min(lo + chunk, count))
-        draws = [_client_draws(data, c, cfg, seed, levels, k) for c in part]
+        draws = [_client_draws(data, c, cfg, seed, levels, k, noise_words or []) for c in part]
         if k:
             probes[part] = _probe_chunk(model, data, part, draws, w, cfg).reshape(len(part), levels, k, dim)
         for group in _size_groups(data, part, cfg):
@@ -131,10 +134,10 @@ def cohort_round(
     return CohortReplies(data.partitions.copy(), probes, updates, used.astype(np.int64), data.sizes.copy(), hessians)
 
 
-def _client_draws(data: CohortData, c: int, cfg, seed: int, levels: int, k: int):
+def _client_draws(data: CohortData, c: int, cfg, seed: int, levels: int, k: int, noise_words: list[int]):
     """Client c's generator, consumed as the lone ClientApp consumes it."""
     rows = int(data.sizes[c])
-    rng = np.random.default_rng([seed, int(data.partitions[c]), cfg.server_round])
+    rng = np.random.default_rng([seed, int(data.partitions[c]), cfg.server_round, *noise_words])
     probe = None
     if k:
         probe = probe_draws(rows, batch_size=cfg.batch_size, probes=k, multipliers=cfg.probe_levels,

@@ -9,9 +9,10 @@ the policy key, any request below the node's floor:
 =====================  =========  ==================================================
 node config key        default    refuses / enforces
 =====================  =========  ==================================================
-``min-batch-size``     8          probe and training batches of fewer rows
-``min-noise-var``      1.0        probe levels whose injected per-row target noise
-                                  variance is smaller (the privacy floor)
+``min-batch-size``     16         probe and training batches of fewer rows
+``min-noise-var``      8.0        probe levels whose injected per-row target noise
+                                  variance is smaller (the privacy floor: with the
+                                  default bound, μ ≤ 2·10/√8 ≈ 7.1 per probe)
 ``label-bound``        10.0       clips probe targets to [−B, B] (tighter than the
                                   server's ``label-clip`` wins); μ = 2B/σ_inj
 ``max-probes``         4096       more probe batches per noise level and round
@@ -20,6 +21,9 @@ node config key        default    refuses / enforces
 ``allow-hessian``      false      ``send-hessian`` (XᵀX/N exactly) and FedNL's
                                   compressed Hessian corrections
 ``mu-budget``          inf        a round that would take the node's μ past it
+``noise-secret``       ""         mixed into the seed of the node's batches and noise;
+                                  without it they follow from the scenario seed, which
+                                  the server knows (see below)
 ``data-files``         ""         files named in the run config that this node may
                                   read (``os.pathsep``-separated); its own
                                   ``data-path`` is always allowed
@@ -31,6 +35,12 @@ every probe the node releases, in quadrature (Gaussian DP: μ_total = √Σμᵢ
 keeps it in ``context.state`` (the deployment engine starts a fresh ClientApp
 process per message, so module globals would forget it), and adds ``mu-probe``
 and ``mu-spent`` to each training reply.
+
+The noise is seeded from (scenario seed, partition, round), so runs are
+reproducible on every engine — and a server that knows the seed can regenerate
+the noise and subtract it. The μ values then hold only against parties who do
+not know the seed; against the server they hold once the node sets a
+``noise-secret`` (replies say whether it did: ``noise-secret`` = 1).
 
 The Simulation Engine gives its virtual nodes no node config of their own: the
 environment variable ``FEDSIGMA_NODE_CONFIG`` (a JSON object, set by whoever
@@ -45,6 +55,7 @@ leave the node; our own one-line errors (:class:`PolicyError`,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -78,14 +89,15 @@ class PolicyError(ValueError):
 class NodePolicy:
     """The node's floors and ceilings (see the module docstring for each key)."""
 
-    min_batch_size: int = 8
-    min_noise_var: float = 1.0
+    min_batch_size: int = 16
+    min_noise_var: float = 8.0
     label_bound: float = 10.0
     max_probes: int = 4096
     max_probe_mib: float = 512.0
     max_local_steps: int = 100
     allow_hessian: bool = False
     mu_budget: float = math.inf
+    noise_secret: str = ""
     data_files: str = ""
 
     @classmethod
@@ -133,6 +145,16 @@ def node_settings(context: Context) -> dict:
             raise PolicyError(f"environment {ENV_NODE_CONFIG}: not a JSON object") from None
     merged.update(dict(context.node_config))
     return merged
+
+
+def noise_seed_words(context: Context) -> list[int]:
+    """Extra seed words from the node's ``noise-secret`` (none without one: the batches and
+    noise then follow from the scenario seed alone, reproducibly)."""
+    secret = str(node_settings(context).get("noise-secret", "") or "")
+    if not secret:
+        return []
+    digest = hashlib.sha256(secret.encode()).digest()
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
 def _as_bool(raw) -> bool:
@@ -312,6 +334,7 @@ def enforce(msg: Message, context: Context, call_next: Callable[[Message, Contex
     if p.METRICS in reply.content:
         reply.content[p.METRICS][p.MU_PROBE] = float(mu_probe)
         reply.content[p.METRICS][p.MU_SPENT] = float(ledger.spent)
+        reply.content[p.METRICS][p.NOISE_SECRET] = int(bool(policy.noise_secret))
     return reply
 
 

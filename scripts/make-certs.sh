@@ -8,6 +8,7 @@
 #   server.pem, server.key  the SuperLink's certificate, signed by the CA, valid for
 #                           localhost, superlink, 127.0.0.1, ::1 and every EXTRA_HOST
 #                           (a DNS name or an IP address: the SuperLink's public name)
+#   superexec.secret        the SuperExec auth secret (32 random bytes, hex)
 #   supernode-I, supernode-I.pub  for I = 1..SUPERNODES (default 3): an ECDSA P-384
 #                           key pair in OpenSSH format per SuperNode, for SuperNode
 #                           authentication (register the .pub with `flwr supernode
@@ -76,5 +77,11 @@ PY
     fi
 done
 [[ "$nodes" -gt 0 ]] && echo "SuperNode key pairs supernode-1 … supernode-$nodes → $dir"
+# The SuperExec auth secret (--superexec-auth-secret-file): the SuperLink's and SuperNodes'
+# Runtime APIs serve only SuperExecs that hold it (Flower honours it with --isolation process)
+if [[ ! -f "$dir/superexec.secret" ]]; then
+    openssl rand -hex 32 | tr -d '\n' > "$dir/superexec.secret"
+    echo "SuperExec auth secret → $dir/superexec.secret"
+fi
 chmod 644 "$dir"/*
 chmod 600 "$dir/ca.key"  # only needed to sign more certificates

@@ -21,6 +21,7 @@ from server.replies import screen_replies
 from shared import protocol as p
 from shared.cohort import CohortReplies, CohortRequest
 
+HANDSHAKE_FAILED = "handshake failed: "  # the engines find a node's reason after it in the log
 POLL_SECONDS = 0.1  # Flower's deployment Grid polls for replies every 3 s; we ask sooner
 
 
@@ -79,7 +80,7 @@ class PartitionGrid(Grid):
         bad = [r for r in replies if r.has_error()]
         if bad or len(replies) != len(nodes):
             reason = bad[0].error.reason if bad else f"{len(replies)} of {len(nodes)} nodes answered"
-            raise RuntimeError(f"handshake failed: {reason}")
+            raise RuntimeError(f"{HANDSHAKE_FAILED}{reason}")
         self.partition_of = {
             r.metadata.src_node_id: int(r.content[p.METRICS][p.PARTITION_ID]) for r in replies
         }

@@ -29,6 +29,7 @@ class PrivacyLedger:
     def __init__(self) -> None:
         self.mu_probe: dict[int, float] = {}
         self.mu_total: dict[int, float] = {}
+        self.noise_secret: dict[int, bool] = {}
 
     def observe(self, replies: Iterable[Message]) -> None:
         """Take the μ reports of one round's successful replies."""
@@ -41,6 +42,7 @@ class PrivacyLedger:
             pid = int(metrics[p.PARTITION_ID])
             self.mu_probe[pid] = max(self.mu_probe.get(pid, 0.0), float(metrics[p.MU_PROBE]))
             self.mu_total[pid] = float(metrics[p.MU_SPENT])
+            self.noise_secret[pid] = bool(metrics.get(p.NOISE_SECRET, 0))
 
     def observe_cohort(self, replies: CohortReplies) -> None:
         """Take the μ reports of one round's replies, stacked (the cohort path)."""
@@ -52,13 +54,15 @@ class PrivacyLedger:
             self.mu_total[pid] = spent
 
     def summary(self) -> dict:
-        """``{"what": …, "nodes": [{"partition", "mu_per_probe", "mu_total"}, …]}`` by partition."""
+        """``{"what": …, "nodes": [{"partition", "mu_per_probe", "mu_total", "noise_secret"}, …]}``."""
         return {
             "what": "label μ-GDP of the probes each node released, from its own accountant "
                     "(Gaussian DP, composed as √Σμ²; null = no noise, i.e. unbounded); "
-                    "the training gradient is not covered",
+                    "the training gradient is not covered; against the server only where "
+                    "noise_secret is true (else the server can regenerate the noise from the seed)",
             "nodes": [
-                {"partition": pid, "mu_per_probe": _finite(self.mu_probe[pid]), "mu_total": _finite(self.mu_total[pid])}
+                {"partition": pid, "mu_per_probe": _finite(self.mu_probe[pid]),
+                 "mu_total": _finite(self.mu_total[pid]), "noise_secret": self.noise_secret.get(pid, False)}
                 for pid in sorted(self.mu_total)
             ],
         }

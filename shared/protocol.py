@@ -51,10 +51,11 @@ LOCAL_ROWS = "local-rows"  # N, for the finite-population factor
 # added by the node's policy (client/policy.py) to training replies: label μ-GDP
 MU_PROBE = "mu-probe"  # μ of this round's least-noisy probe (0 without probes)
 MU_SPENT = "mu-spent"  # μ of everything the node released in this run so far, √Σμ²
+NOISE_SECRET = "noise-secret"  # 1: the node seeds its noise with a secret, so μ holds against the server too
 
 REPLY_ARRAYS = frozenset({PROBE_GRADS, UPDATE})
 REPLY_COUNTS = frozenset({PARTITION_ID, NUM_EXAMPLES, LOCAL_ROWS})
-REPLY_PRIVACY = frozenset({MU_PROBE, MU_SPENT})
+REPLY_PRIVACY = frozenset({MU_PROBE, MU_SPENT, NOISE_SECRET})
 
 # the start-up handshake (query.hello): which partition a node serves
 HELLO = "hello"

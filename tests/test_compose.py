@@ -146,8 +146,11 @@ def test_commands_are_the_localhost_commands_in_containers(spec, profile):
     local_certs = Certificates(Path("/tmp/certs")) if profile == "tls" else None
     link = services[f"superlink{suffix}"]
     local = superlink_command(41000, certs=local_certs)
-    assert link["command"][:-2] != [] and link["command"][-2:] == CONTAINER_ONLY
-    assert list(_flags(link["command"][:-2])) == list(_flags(local))
+    # tls: and the SuperExec auth secret, honoured with --isolation process only
+    extra = CONTAINER_ONLY + (cp.SECRET_FLAG if profile == "tls" else [])
+    n = len(extra)
+    assert link["command"][:-n] != [] and link["command"][-n:] == extra
+    assert list(_flags(link["command"][:-n])) == list(_flags(local))
     assert _same_values(_flags(link["command"]), _flags(local))
     assert _flags(link["command"])["--port"] == str(SUPERLINK_PORT)
     assert _flags(link["command"])["--host"] == "0.0.0.0"
@@ -165,13 +168,16 @@ def test_commands_are_the_localhost_commands_in_containers(spec, profile):
         flags = _flags(node["command"])
         local = supernode_command(f"127.0.0.1:{41000}", 42000 + i, {"partition-id": i - 1, "num-partitions": 3},
                                   certs=local_certs, key=None if local_certs is None else local_certs.node_key(i - 1))
-        assert node["command"][-2:] == CONTAINER_ONLY
-        assert list(_flags(node["command"][:-2])) == list(_flags(local))
+        assert node["command"][-n:] == extra
+        assert list(_flags(node["command"][:-n])) == list(_flags(local))
         assert _same_values(flags, _flags(local))
         assert flags["--superlink"] == f"superlink:{SUPERLINK_PORT}" and flags["--port"] == str(SUPERNODE_PORT)
         partitions.append(flags["--node-config"])
         runner = services[f"superexec-clientapp{suffix}-{i}"]
-        assert _flags(runner["command"]) == {"--insecure": None, "--runtime-api-address": f"supernode{suffix}-{i}:{SUPERNODE_PORT}"}
+        secret = {"--superexec-auth-secret-file": str(cp.SECRET)} if profile == "tls" else {}
+        assert _flags(runner["command"]) == {"--insecure": None, "--runtime-api-address": f"supernode{suffix}-{i}:{SUPERNODE_PORT}",
+                                             **secret}
+        assert _flags(server["command"]).get("--superexec-auth-secret-file") == secret.get("--superexec-auth-secret-file")
         assert runner["depends_on"] == [f"supernode{suffix}-{i}"]
         if profile == "tls":
             assert flags["--auth-supernode-private-key"] == f"/app/certs/supernode-{i}"
@@ -197,7 +203,7 @@ def test_every_flag_exists_in_flowers_help(spec):
 
 
 def test_tls_files_are_mounted_where_the_flags_point(spec):
-    made = {"ca.crt", "server.pem", "server.key"} | {f"supernode-{i}{ext}" for i in (1, 2, 3) for ext in ("", ".pub")}
+    made = {"ca.crt", "server.pem", "server.key", "superexec.secret"} | {f"supernode-{i}{ext}" for i in (1, 2, 3) for ext in ("", ".pub")}
     assert {Path(s["file"]).name for s in spec["secrets"].values()} == made
     assert all(s["file"].startswith("./certs/") for s in spec["secrets"].values())
     for name, service in _profile(spec, "tls").items():
@@ -205,7 +211,10 @@ def test_tls_files_are_mounted_where_the_flags_point(spec):
         assert all(m["source"] in spec["secrets"] for m in service.get("secrets", []))
         paths = set(re.findall(r"/app/certs/[\w.-]*\w", " ".join(service["command"])))
         assert paths <= mounted, (name, paths - mounted)
-        assert bool(paths) == (not name.startswith("superexec-clientapp")), name  # SuperNode Runtime API: plain
+        if name.startswith("superexec-clientapp"):  # SuperNode Runtime API: plain HTTP, but the secret
+            assert paths == {str(cp.SECRET)}, name
+        elif name != "register-supernodes":  # the flwr CLI: no Runtime API
+            assert str(cp.SECRET) in paths, name
 
 
 def test_registration_script_is_valid_shell_and_registers_every_node(spec):

@@ -13,7 +13,9 @@ Two profiles:
 - ``tls``: HTTPS with the certificates of ``scripts/make-certs.sh certs N``, and
   CLI-managed SuperNode authentication: a one-shot ``register-supernodes``
   service registers every SuperNode's public key before the SuperNodes start,
-  and each SuperNode signs its requests with its private key.
+  and each SuperNode signs its requests with its private key. The SuperLink,
+  SuperNodes and SuperExecs share the SuperExec auth secret
+  (``certs/superexec.secret``): a Runtime API serves only SuperExecs that hold it.
 
 The committed docker-compose.yml is this module's output for 3 SuperNodes
 (tests/test_compose.py checks both); write another count to scale.
@@ -48,6 +50,10 @@ HOST_PORTS = {"insecure": 8000, "tls": 8443}  # the SuperLink on this machine (1
 KEY_ORDER = ("image", "build", "depends_on", "volumes", "secrets", "environment", "ports", "networks",
              "command", "entrypoint", "restart", "healthcheck", "profiles", "pull_policy")  # dclint's order
 CERTS = Certificates(Path("/app/certs"))  # where the containers see scripts/make-certs.sh's files
+SECRET = CERTS.folder / "superexec.secret"  # scripts/make-certs.sh: the SuperExec auth secret (tls profile)
+# Flower honours it with --isolation process only: the SuperLink's and SuperNodes' Runtime APIs then
+# accept only SuperExecs that hold it
+SECRET_FLAG = ["--superexec-auth-secret-file", str(SECRET)]
 RESULTS = "/app/runs"  # the ServerApp's working directory is /app: out-dir runs/<name> lands here
 
 HEADER = """\
@@ -73,9 +79,11 @@ HEADER = """\
 """
 
 
-def _superexec(runtime: str, depends_on: dict | list, profile: str, tls: bool = False) -> dict:
-    """A SuperExec container from the project image, connected to a Runtime API."""
+def _superexec(runtime: str, depends_on: dict | list, profile: str, tls: bool = False, secret: bool = False) -> dict:
+    """A SuperExec container from the project image, connected to a Runtime API
+    (``secret``: it authenticates there with the SuperExec auth secret)."""
     command = (["--root-certificates", str(CERTS.ca)] if tls else ["--insecure"]) + ["--runtime-api-address", runtime]
+    command += SECRET_FLAG if secret else []
     return {
         "image": SUPEREXEC_IMAGE,
         "build": dict(BUILD),
@@ -118,20 +126,21 @@ def services(supernodes: int, tls: bool) -> dict:
     out: dict = {}
     link = {
         "image": f"flwr/superlink:{FLWR_VERSION}",
-        "command": _with_isolation(superlink_command(SUPERLINK_PORT, host="0.0.0.0", certs=certs)),
+        "command": _with_isolation(superlink_command(SUPERLINK_PORT, host="0.0.0.0", certs=certs))
+        + (SECRET_FLAG if tls else []),
         "ports": [Quoted(f"127.0.0.1:{HOST_PORTS[profile]}:{SUPERLINK_PORT}")],
         "healthcheck": _healthcheck(tls),
         "profiles": [profile],
     }
     if tls:
         link["secrets"] = _secrets({"ca.crt": CERTS.ca, "server.pem": CERTS.server_cert,
-                                    "server.key": CERTS.server_key})
+                                    "server.key": CERTS.server_key, SECRET.name: SECRET})
         link["networks"] = {"default": {"aliases": ["superlink"]}}  # the name in the certificate
     out[superlink] = link
-    server = _superexec(f"superlink:{SUPERLINK_PORT}", _healthy(superlink), profile, tls)
+    server = _superexec(f"superlink:{SUPERLINK_PORT}", _healthy(superlink), profile, tls, secret=tls)
     server["volumes"] = [f"./runs:{RESULTS}"]
     if tls:
-        server["secrets"] = _secrets({"ca.crt": CERTS.ca})
+        server["secrets"] = _secrets({"ca.crt": CERTS.ca, SECRET.name: SECRET})
     out[f"superexec-serverapp{suffix}"] = server
     if tls:
         out["register-supernodes"] = _register(supernodes)
@@ -142,7 +151,7 @@ def services(supernodes: int, tls: bool) -> dict:
             "command": _with_isolation(supernode_command(
                 f"superlink:{SUPERLINK_PORT}", SUPERNODE_PORT, config, host="0.0.0.0", certs=certs,
                 key=CERTS.node_key(k) if tls else None,
-            )),
+            )) + (SECRET_FLAG if tls else []),
             "depends_on": _healthy(superlink),
             "restart": "on-failure",
             "profiles": [profile],
@@ -151,9 +160,12 @@ def services(supernodes: int, tls: bool) -> dict:
             key = CERTS.node_key(k)
             node["depends_on"] = {"register-supernodes": {"condition": "service_completed_successfully"},
                                   **_healthy(superlink)}
-            node["secrets"] = _secrets({"ca.crt": CERTS.ca, key.name: key})
+            node["secrets"] = _secrets({"ca.crt": CERTS.ca, key.name: key, SECRET.name: SECRET})
         out[name] = node
-        out[f"superexec-clientapp{suffix}-{k + 1}"] = _superexec(f"{name}:{SUPERNODE_PORT}", [name], profile)
+        clientapp = _superexec(f"{name}:{SUPERNODE_PORT}", [name], profile, secret=tls)
+        if tls:
+            clientapp["secrets"] = _secrets({SECRET.name: SECRET})
+        out[f"superexec-clientapp{suffix}-{k + 1}"] = clientapp
     return out
 
 
@@ -201,7 +213,7 @@ def compose(supernodes: int = 3) -> dict:
     svc = {**services(supernodes, tls=False), **services(supernodes, tls=True)}
     svc = {name: {k: svc[name][k] for k in KEY_ORDER if k in svc[name]} for name in sorted(svc)}
     assert all(set(s) <= set(KEY_ORDER) for s in svc.values())
-    names = ["ca.crt", "server.pem", "server.key"] + [
+    names = ["ca.crt", "server.pem", "server.key", SECRET.name] + [
         f for k in range(supernodes) for f in (CERTS.node_key(k).name, CERTS.node_key(k).name + ".pub")
     ]
     return {

@@ -26,6 +26,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from fedsigma.engines import processes as fp
 from scenarios.loader import ScenarioError
-from scenarios.node_data import NodeDataError
+from server.partition_grid import HANDSHAKE_FAILED
 
 MAKE_CERTS = fp.ROOT / "scripts" / "make-certs.sh"
 SUPERLINK_PORT = 8000  # Flower 1.42's default, and the port docker-compose.yml publishes
@@ -104,6 +105,14 @@ def superlink_command(port: int, host: str = "127.0.0.1", certs: Certificates | 
     return cmd + ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
 
 
+def fleet_gate_command(listen: str, superlink: str, certs: Certificates | None = None) -> list[str]:
+    """The Fleet gate in front of a SuperLink on 127.0.0.1 (HTTPS with the SuperLink's certificate)."""
+    cmd = [sys.executable, "-m", "fedsigma.engines.fleet_gate", "--listen", listen, "--upstream", superlink]
+    if certs is not None:
+        cmd += ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key), "--ca", str(certs.ca)]
+    return cmd
+
+
 def supernode_command(
     superlink: str, port: int, node_config: dict, host: str = "127.0.0.1",
     certs: Certificates | None = None, key: Path | None = None,
@@ -167,13 +176,20 @@ def run_deployment(
             certs.check(nodes, superlink=superlink is None)
         started: list[subprocess.Popen] = []  # SuperNodes: stopped before the SuperLink
         link: subprocess.Popen | None = None
+        gate: subprocess.Popen | None = None
         run_id = None
         try:
+            fleet = superlink
             if superlink is None:
-                port = fp.free_port()
-                superlink = f"127.0.0.1:{port}"
+                # The SuperLink (Control, Fleet and Runtime API on one port) listens on
+                # 127.0.0.1 for this CLI; SuperNodes come in through the Fleet gate,
+                # which passes only Fleet API requests (fedsigma/engines/fleet_gate.py)
+                port, gate_port = fp.free_port(), fp.free_port()
+                superlink, fleet = f"127.0.0.1:{port}", f"127.0.0.1:{gate_port}"
                 link = fp.start(_resolve(superlink_command(port, certs=certs)), env, log)
                 fp.wait_for_port(port, link, 60, "flower-superlink")
+                gate = fp.start(fleet_gate_command(fleet, superlink, certs), env, log, cwd=fp.ROOT)
+                fp.wait_for_port(gate_port, gate, 60, "fleet gate")
             else:
                 check_reachable(superlink, ca=None if certs is None else certs.ca)
             fp.write_connection(home, superlink, insecure=certs is None,
@@ -182,7 +198,7 @@ def run_deployment(
                 _register_supernodes(certs, nodes, env, log)
             for k, config in enumerate(node_configs[:nodes]):
                 cmd = supernode_command(
-                    superlink, fp.free_port(), config, certs=certs,
+                    fleet, fp.free_port(), config, certs=certs,
                     key=None if certs is None else certs.node_key(k),
                 )
                 started.append(fp.start(_resolve(cmd), env, log))
@@ -194,7 +210,7 @@ def run_deployment(
             raise
         finally:
             fp.stop_all(started)
-            fp.stop(link)
+            fp.stop_all([gate, link])
 
 
 def _resolve(cmd: list[str]) -> list[str]:
@@ -351,9 +367,10 @@ def _follow(
 
 
 def _node_data_error(log_path: Path) -> str | None:
-    """The one-line reason a node gave for refusing its own CSV, if the run log has one."""
-    marker = f"{NodeDataError.__name__}: "
+    """The one-line reason a node gave at the handshake for refusing its own CSV or the run
+    config (``node config KEY: …``, from NodeDataError or the node's policy), if the log has one."""
+    marker = f"{HANDSHAKE_FAILED}node config "
     for line in log_path.read_text(errors="replace").splitlines():
         if marker in line:
-            return line.split(marker, 1)[1].strip().strip("'\"")
+            return line.split(HANDSHAKE_FAILED, 1)[1].strip().strip("'\"")
     return None
