@@ -75,13 +75,13 @@ def results_folder(out: Path, flag: str = "--out", hint: str = "") -> Iterator[P
 def nothing_ran(out: Path) -> bool:
     """Whether ``out`` holds no finished round: no rounds.csv rows (the header and the
     summary of a run that failed before round 1 do not count), and no engine log the
-    error message points at."""
+    error message points at; a folder without rounds.csv, whether it is empty."""
     if not out.is_dir():
         return True
     if (out / KEEP_LOG).exists():
         return False
     rounds = out / "rounds.csv"
-    if not rounds.is_file():
-        return True
+    if not rounds.is_file():  # not a run's folder (e.g. reproduce's): only an empty one held nothing
+        return not any(out.iterdir())
     with rounds.open() as handle:
         return sum(1 for _ in handle) <= 1

@@ -62,6 +62,7 @@ def test_results_folder_is_removed_when_no_round_ran_and_kept_when_one_did(tmp_p
     mine = tmp_path / "mine"
     mine.mkdir()  # the user's own empty folder stays, emptied again
     with pytest.raises(RuntimeError), results_folder(mine) as out:
+        (out / "rounds.csv").write_text("round,excess_risk\n")
         (out / "summary.json").write_text("{}")
         raise RuntimeError("failed before round 1")
     assert mine.is_dir() and not any(mine.iterdir())
@@ -70,5 +71,10 @@ def test_results_folder_is_removed_when_no_round_ran_and_kept_when_one_did(tmp_p
         (out / "rounds.csv").write_text("round,excess_risk\n1,0.5\n")
         raise RuntimeError("failed in round 2")
     assert (ran / "rounds.csv").is_file()
+    report = tmp_path / "report"  # not a run's folder: whatever was written stays
+    with pytest.raises(KeyboardInterrupt), results_folder(report) as out:
+        (out / "figure.png").write_bytes(b"png")
+        raise KeyboardInterrupt
+    assert (report / "figure.png").is_file()
     with pytest.raises(ScenarioError, match="--out: .* already holds files"), results_folder(ran):
         pass
