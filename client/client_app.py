@@ -13,8 +13,8 @@ from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
 from client.policy import enforce, noise_seed_words
 from client.task import GradientOracle, linear_model, training_direction
-from scenarios.loader import scenario_from_run_config
 from scenarios.node_data import client_rows
+from scenarios.run_config import scenario_of
 from shared import protocol as p
 from shared.threads import single_thread
 
@@ -26,7 +26,7 @@ def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
     """This node's rows (X, y), its partition id and the scenario seed (the rows are its
     shard of the scenario's data, or with data.kind = "nodes" its own CSV: node config
     ``data-path``, ``target``)."""
-    scenario = scenario_from_run_config(context.run_config)
+    scenario = scenario_of(context.run_config)  # parsed once per process and scenario
     pid = int(context.node_config["partition-id"])
     X, y = client_rows(scenario, context.node_config)
     return X, y, pid, scenario.seed
@@ -50,7 +50,7 @@ def hello(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """GradCov round (default), FedAvg-style local training for Flower's strategies, or a
     FedNL round, with the scenario's injected faults (client.faults) around it."""
-    faults = plan_for(scenario_from_run_config(context.run_config))
+    faults = plan_for(scenario_of(context.run_config))
     pid, rnd = int(context.node_config["partition-id"]), int(msg.content[p.CONFIG][p.ROUND])
     if faults.drops(pid, rnd):
         return dropped(msg)

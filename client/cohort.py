@@ -30,7 +30,7 @@ from client.policy import (
 )
 from client.task import linear_model, local_step, probe_draws, probe_targets, training_draws
 from scenarios.federation import build_federation
-from scenarios.loader import scenario_from_run_config
+from scenarios.run_config import scenario_of
 from shared import protocol as p
 from shared.calibration import injected_variances
 from shared.cohort import CohortReplies
@@ -223,7 +223,7 @@ class FederationCohort:
     def __init__(self, run_config: dict, settings: dict) -> None:
         self.policy = NodePolicy.from_settings(settings)
         check_run_config_paths(run_config, self.policy.allowed_files(settings))
-        scenario = scenario_from_run_config(run_config)
+        scenario = scenario_of(run_config)
         if scenario.data.kind == "nodes":
             raise ValueError("data.kind = 'nodes': each node reads its own table; run clients one by one")
         fed = build_federation(scenario)

@@ -70,6 +70,7 @@ from flwr.common.logger import log
 
 from scenarios.loader import bundled_names
 from scenarios.node_data import DATA_PATH, NodeDataError
+from scenarios.run_config import DEFAULT_SCENARIO, SCENARIO, SCENARIO_JSON
 from scenarios.schema import Scenario
 from shared import protocol as p
 from shared.calibration import injected_variances
@@ -174,9 +175,9 @@ def check_run_config_paths(run_config: dict, allowed: set[Path]) -> None:
     Reads only the JSON text: the scenario is not validated (which would open the
     file) until its paths have passed.
     """
-    text = str(run_config.get("scenario-json", "") or "")
+    text = str(run_config.get(SCENARIO_JSON, "") or "")
     if not text:
-        name = str(run_config.get("scenario", "") or "quickstart")
+        name = str(run_config.get(SCENARIO, "") or DEFAULT_SCENARIO)
         if name not in bundled_names() and Path(name).resolve() not in allowed:
             raise PolicyError(
                 "node config data-files: the run config names a scenario file this node does not list; "

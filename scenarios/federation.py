@@ -6,7 +6,7 @@ so every party derives identical shards without exchanging any data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -36,14 +36,23 @@ class Federation:
 
 
 def build_federation(scenario: Scenario) -> Federation:
-    """Federation for a scenario (cached on its data-defining fields)."""
+    """Federation for a scenario (cached on its data-defining fields; the scenario
+    itself is used as it is, not parsed again)."""
     key = scenario.model_dump_json(include={"seed", "data", "partition", "clients", "protocol"})
-    return _build(key)
+    return _build(_Keyed(key, scenario))
+
+
+@dataclass(frozen=True)
+class _Keyed:
+    """A scenario that hashes and compares by its data-defining JSON ``key`` only."""
+
+    key: str
+    scenario: Scenario = field(compare=False, hash=False)
 
 
 @lru_cache(maxsize=4)
-def _build(key: str) -> Federation:
-    sc = Scenario.model_validate_json(key)
+def _build(keyed: _Keyed) -> Federation:
+    sc = keyed.scenario
     d = sc.data
     # Separate streams so that changing the partition never changes the data.
     data_rng = np.random.default_rng([sc.seed, 1])

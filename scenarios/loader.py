@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-from functools import lru_cache
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -173,19 +172,3 @@ def _section_model(loc: tuple) -> type | None:
             return None
         model = field.annotation
     return model
-
-
-@lru_cache(maxsize=8)
-def scenario_from_json(text: str) -> Scenario:
-    """Rebuild a resolved scenario sent through a Flower run config (cached: a
-    ClientApp sees the same text on every call; callers must not mutate it)."""
-    return validate(json.loads(text), source="run config")
-
-
-def scenario_from_run_config(run_config: dict[str, Any]) -> Scenario:
-    """The scenario a Flower run is for: ``scenario-json`` if the CLI resolved it,
-    else the file or bundled name in ``scenario`` (``flwr run .`` defaults)."""
-    text = str(run_config.get("scenario-json", "") or "")
-    if text:
-        return scenario_from_json(text)
-    return load_scenario(str(run_config.get("scenario", "quickstart")))

@@ -18,7 +18,7 @@ from scenarios.schema import Scenario
 from server import checkpoint
 from server.build import oracle_for
 from server.methods import get_method, strategy_for
-from server.partition_grid import PartitionGrid
+from server.partition_grid import PartitionGrid, error_line
 from server.privacy_ledger import PrivacyLedger
 from server.strategy import GradCovStrategy
 from shared import protocol as p
@@ -143,13 +143,7 @@ def run_federation(
 
 def client_error(replies: list, partition_of: dict[int, int]) -> str | None:
     """The first error reply's reason, on one line, naming the partition it came from."""
-    for reply in replies:
-        if reply.has_error():
-            reason = " ".join(str(reply.error.reason).split("\n")[0].split())
-            node = reply.metadata.src_node_id
-            who = f"partition {partition_of[node]}" if node in partition_of else f"node {node}"
-            return f"{who}: {reason or f'error code {reply.error.code}'}"
-    return None
+    return next((error_line(reply, partition_of) for reply in replies if reply.has_error()), None)
 
 
 def _train_round(strategy, view: PartitionGrid, rnd: int, arrays, train_config, privacy, timeout):

@@ -183,7 +183,20 @@ class PartitionGrid(Grid):
         replies, rejected = screen_replies(replies, requests, self.partition_of, self.rows_of)
         self.rejected += rejected
         self.failed += len(messages) - rejected - sum(1 for r in replies if not r.has_error())
+        self._log_failures(messages, replies, timeout)
         return replies
+
+    def _log_failures(self, messages: list[Message], replies: list[Message], timeout: float | None) -> None:
+        """One log line per error reply and per request left unanswered, naming the partition."""
+        for reply in replies:
+            if reply.has_error():
+                log(WARNING, "%s", error_line(reply, self.partition_of))
+        answered = {r.metadata.src_node_id for r in replies}
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in answered:
+                why = "its node left" if node not in self._online else f"no reply within {timeout} s"
+                log(WARNING, "%s: %s", _name(node, self.partition_of), why)
 
     # -- delegated -----------------------------------------------------------
     def set_run(self, run) -> None:  # noqa: D102
@@ -212,6 +225,17 @@ def array_bytes(shape: tuple[int, ...]) -> int:
     """Bytes of a float64 array of this shape serialized as a Flower ``Array`` (what
     :func:`payload_bytes` counts for it)."""
     return len(Array(np.zeros(shape)).data)
+
+
+def error_line(reply: Message, partition_of: dict[int, int]) -> str:
+    """An error reply on one line: ``partition K: <reason>`` (the reason's first line),
+    or the error code when the reply gives no reason."""
+    reason = " ".join(str(reply.error.reason).split("\n")[0].split())
+    return f"{_name(reply.metadata.src_node_id, partition_of)}: {reason or f'error code {reply.error.code}'}"
+
+
+def _name(node: int, partition_of: dict[int, int]) -> str:
+    return f"partition {partition_of[node]}" if node in partition_of else f"node {node}"
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:

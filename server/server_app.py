@@ -10,7 +10,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from scenarios.loader import scenario_from_run_config
+from scenarios import run_config
 from server.federated_run import run_federation
 
 app = ServerApp()
@@ -18,16 +18,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the scenario named in the run config; results go to ``out-dir``."""
-    cfg = context.run_config
-    scenario = scenario_from_run_config(cfg)
-    out = str(cfg.get("out-dir", "") or "")
-    out_dir = Path(out) if out else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """Run the scenario and method in the run config (scenarios.run_config); results go to ``out-dir``."""
+    cfg = run_config.decode(context.run_config)
+    scenario = cfg.scenario
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = out_dir.resolve()
-    log(INFO, "fedsigma: scenario %s, results → %s", scenario.name, out_dir)
-    summary = run_federation(
-        grid, scenario, out_dir, engine=str(cfg.get("engine", "flwr-run")), method=str(cfg.get("method", "gradcov")),
-        resume=bool(cfg.get("resume", False)),
-    )
+    log(INFO, "fedsigma: scenario %s, method %s, results → %s", scenario.name, cfg.method, out_dir)
+    summary = run_federation(grid, scenario, out_dir, engine=cfg.engine, method=cfg.method, resume=cfg.resume)
     log(INFO, "fedsigma: %s after %s rounds (target reached in %s)", summary["status"],
         summary["rounds_run"], summary["rounds_to_target"])

@@ -22,13 +22,14 @@ def run_inline_scenario(scenario_path: Path, out: Path, overrides: list[str] | N
     """
     from client.client_app import app as real_client_app
     from client.policy import settings_admitting
-    from fedsigma.engines.inline import run_config_for, run_inline
+    from fedsigma.engines.inline import run_inline
     from scenarios.loader import load_scenario
     from scenarios.node_data import node_configs
+    from scenarios.run_config import encode
     from server.server_app import app as server_app
 
     scenario = load_scenario(scenario_path, overrides or [])
-    run_config = run_config_for(scenario.model_dump_json(), str(out), "inline")
+    run_config = encode(scenario, str(out), "inline")
     # the harness starts the nodes, so it is their operator: admit the scenario, as the CLI does
     configs = [{**config, **settings_admitting(scenario)} for config in node_configs(scenario)]
     run_inline(server_app, client_app or real_client_app, scenario.clients.count, run_config, configs)

@@ -179,8 +179,8 @@ def test_a_supernode_with_a_missing_csv_fails_the_run_clearly(tmp_path, monkeypa
     no files): the run stops at the handshake with that node's one-line reason, and every
     process is stopped."""
     from fedsigma.engines.deployment import run_deployment
-    from fedsigma.engines.inline import run_config_for
     from scenarios.loader import ScenarioError, validate
+    from scenarios.run_config import encode
 
     mark = uuid.uuid4().hex
     monkeypatch.setenv(MARK, mark)
@@ -191,7 +191,7 @@ def test_a_supernode_with_a_missing_csv_fails_the_run_clearly(tmp_path, monkeypa
     configs = [{"partition-id": k, "num-partitions": 3, "data-path": str(tmp_path / "n.csv"), "target": "y"}
                for k in range(3)]
     configs[1]["data-path"] = str(tmp_path / "absent.csv")
-    run_config = run_config_for(scenario.model_dump_json(), str(tmp_path / "out"), "deployment")
+    run_config = encode(scenario, str(tmp_path / "out"), "deployment")
     with pytest.raises(ScenarioError, match=r"^node config data-path: no such file '.*absent\.csv'"):
         run_deployment(configs, run_config, log_path=tmp_path / "flower.log")
     assert live_processes_with_env(MARK, mark) == []

@@ -13,9 +13,10 @@ from client.client_app import app as client_app
 from fedsigma.cli import main
 from fedsigma.engines.deployment import format_node_config
 from fedsigma.engines.processes import free_port
-from fedsigma.engines.inline import run_config_for, run_inline
+from fedsigma.engines.inline import run_inline
 from scenarios.loader import load_scenario
 from scenarios.node_data import NodeDataError, client_rows, node_configs
+from scenarios.run_config import encode
 from server.server_app import app as server_app
 
 TABLE = "a,b,y\n" + "".join(f"{i % 5},{(i * 7) % 3},{i % 4}\n" for i in range(40))
@@ -140,7 +141,7 @@ def test_a_node_with_an_unusable_table_fails_clearly(nodes_dir, table, config, e
     assert client_rows(scenario, good)[0].shape == (40, 2)
     with pytest.raises(NodeDataError, match=expected):
         client_rows(scenario, bad)
-    run_config = run_config_for(scenario.model_dump_json(), str(nodes_dir / "out"), "inline")
+    run_config = encode(scenario, str(nodes_dir / "out"), "inline")
     key = "target" if "node config target" in expected else "data-path"
     with pytest.raises(RuntimeError, match=f"handshake failed: node config {key}: .*"
                                            + re.escape(expected.split(": ", 1)[-1])):

@@ -9,8 +9,9 @@ from pathlib import Path
 from client.client_app import app as client_app
 from client.policy import settings_admitting
 from fedsigma.engines.deployment import Certificates, run_deployment
-from fedsigma.engines.inline import run_config_for, run_inline
+from fedsigma.engines.inline import run_inline
 from fedsigma.engines.simulation import run_simulation
+from scenarios import run_config as rc
 from scenarios.node_data import node_configs
 from scenarios.resources import Estimate, check_resources, describe_estimate
 from server.methods import get_method
@@ -34,7 +35,7 @@ def run_engine(
     deploy = deploy or DeployOptions()
     entry = get_method(method)
     scenario = entry.prepare(scenario)  # the nodes' policy below must admit the method's settings
-    run_config = run_config_for(scenario.model_dump_json(), deploy.out_dir(out), scenario.engine, method, resume)
+    run_config = rc.encode(scenario, deploy.out_dir(out), scenario.engine, method, resume)
     # the nodes this process starts run with a policy that admits the scenario asked for
     # (client/policy.py); SuperNodes someone else started keep their own node config
     policy = settings_admitting(scenario, send_hessian=entry.sends_hessian)

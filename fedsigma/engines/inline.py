@@ -13,7 +13,6 @@ message id: both are Flower internals, pinned by tests/test_flower_internals.py.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import traceback
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -29,13 +28,12 @@ from client.client_app import app as fedsigma_client_app
 from client.cohort import FederationCohort
 from client.faults import plan_for
 from client.policy import PolicyError, node_settings
-from scenarios.loader import scenario_from_run_config
+from scenarios.run_config import scenario_of
 from shared.cohort import CohortReplies, CohortRequest
 from shared.deadline import DeadlineExceeded, deadline
 
-SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
 NODE_IDENTITY = ("partition-id", "num-partitions")  # node config keys that differ per node
-CLIENT_ERROR = 1  # an exception in the ClientApp, as Flower reports it
+CLIENT_ERROR = ErrorCode.CLIENT_APP_RAISED_EXCEPTION  # what the real engines reply when a ClientApp raises
 
 
 class InlineGrid(Grid):
@@ -158,7 +156,7 @@ class InlineGrid(Grid):
     # -- the cohort path (only with a FederationCohort) ----------------------
     def _cohort(self, run_config: dict) -> FederationCohort | None:
         shared = [{k: v for k, v in cfg.items() if k not in NODE_IDENTITY} for cfg in self._configs.values()]
-        scenario = scenario_from_run_config(run_config)
+        scenario = scenario_of(run_config)
         if not shared or any(s != shared[0] for s in shared) or scenario.data.kind == "nodes" \
                 or plan_for(scenario).active:  # injected faults act on single messages
             return None
@@ -200,12 +198,3 @@ def run_inline(
     grid = InlineGrid(client_app, configs, run_config, round_timeout=round_timeout, cohort=cohort)
     context = Context(1, SUPERLINK_NODE_ID, {}, RecordDict(), dict(run_config))
     server_app(grid, context)
-
-
-def run_config_for(
-    scenario_json: str, out_dir: str, engine: str, method: str = "gradcov", resume: bool = False
-) -> dict:
-    """The run config the CLI hands to every engine (values are TOML scalars)."""
-    json.loads(scenario_json)  # fail here, not in a worker, if it is not JSON
-    return {"scenario": "", "scenario-json": scenario_json, "out-dir": out_dir, "engine": engine, "method": method,
-            "resume": resume}

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from scenarios import run_config as rc
 from server.checkpoint import APP_PACKAGES as PACKAGES
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: fedsigma/engines/processes.py
@@ -41,13 +42,12 @@ serverapp = "server.server_app:app"
 clientapp = "client.client_app:app"
 
 [tool.flwr.app.config]
-scenario = "quickstart"
-scenario-json = ""
-out-dir = ""
-engine = "flwr-run"
-method = "gradcov"
-resume = false
 """
+
+
+def toml_scalars(values: dict) -> str:
+    """``key = value`` lines of TOML scalars (a run config, a [tool.flwr.app.config])."""
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
 
 
 class EngineError(RuntimeError):
@@ -104,13 +104,13 @@ def stage_app(dest: Path) -> Path:
             target = app / pkg / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-    (app / "pyproject.toml").write_text(APP_PYPROJECT)
+    (app / "pyproject.toml").write_text(APP_PYPROJECT + toml_scalars(rc.DEFAULTS))
     return app
 
 
 def write_run_config(path: Path, run_config: dict) -> Path:
     """The run config as a TOML file for ``flwr run --run-config`` (values are TOML scalars)."""
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in run_config.items()))
+    path.write_text(toml_scalars(run_config))
     return path
 
 

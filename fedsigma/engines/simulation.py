@@ -15,6 +15,7 @@ from pathlib import Path
 
 from client.policy import ENV_NODE_CONFIG
 from fedsigma.engines import processes as fp
+from scenarios.run_config import OUT_DIR
 
 RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # ray._private.ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 RAY_ADDRESS = "RAY_ADDRESS"  # ray.init() with no address joins the cluster this names
@@ -36,7 +37,7 @@ def run_simulation(
     which joins the cluster named by ``RAY_ADDRESS``: we set it for the SuperLink and
     everything it starts.
     """
-    out_dir = Path(run_config["out-dir"])
+    out_dir = Path(run_config[OUT_DIR])
     with tempfile.TemporaryDirectory(prefix="fedsigma-sim-") as tmp, log_path.open("w") as log:
         tmp = Path(tmp)
         home = tmp / "home"

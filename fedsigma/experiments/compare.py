@@ -141,9 +141,9 @@ def compare(
             for o in best.values()]
     rows.sort(key=lambda r: (r["rounds_to_target"] in ("", None), r["rounds_to_target"] or 0))
     _write_csv(out / "comparison.csv", rows)
-    (out / "comparison.md").write_text(markdown_table(rows, base.stop.target, budget))
+    (out / "comparison.md").write_text(markdown_table(rows, base.stop.target, budget, by_seed))
     _plot(best, out / "comparison.png", f"{base.name}: best-tuned run of each method", base.stop.target)
-    _print(rows, console, base.stop.target, budget)
+    _print(rows, console, base.stop.target, budget, by_seed)
     return rows
 
 
@@ -214,26 +214,28 @@ def _count(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
-def _several_seeds(rows: list[dict]) -> bool:
+def _several_seeds(by_seed: dict[str, list] | None) -> bool:
     """Whether the table was run on more than the scenario's own seed."""
-    return any(len(str(r["seeds"]).split()) > 1 for r in rows)
+    return bool(by_seed) and any(len(reached) > 1 for reached in by_seed.values())
 
 
-def spread(row: dict) -> str:
-    """'median (min–max)' of rounds over seeds; a seed that missed or failed counts as ∞."""
-    values = [int(v) if v.isdigit() else math.inf for v in str(row["rounds_to_target_by_seed"]).split()]
-    med = row["rounds_to_target_median"]
+def spread(reached: list[int | str | None]) -> str:
+    """'median (min–max)' of rounds to target over seeds (None: not reached, "failed");
+    a seed that missed or failed counts as ∞."""
+    values = [r if isinstance(r, int) else math.inf for r in reached]
+    med = _median(reached)
     low, high = min(values), max(values)
     head = _count(float(med)) if med != "" else "not reached"
     return head + (f" ({_count(low)}–{_count(high)})" if math.isfinite(low) else "")
 
 
-def markdown_table(rows: list[dict], target: float, budget: int) -> str:
-    """The comparison as a Markdown table (for READMEs and reports)."""
+def markdown_table(rows: list[dict], target: float, budget: int, by_seed: dict[str, list] | None = None) -> str:
+    """The comparison as a Markdown table (for READMEs and reports); ``by_seed``: each
+    method's rounds to target per seed, for the spread column."""
     def num(v):
         return f"{v:,}" if v not in ("", None) else "—"
 
-    several = _several_seeds(rows)
+    several = _several_seeds(by_seed)
     seeds_head = f" rounds over seeds {rows[0]['seeds']}: median (min–max) |" if several and rows else ""
     lines = [
         f"| method | rounds to {target:g} |{seeds_head} uplink bytes | downlink bytes | gradient evals | "
@@ -243,7 +245,7 @@ def markdown_table(rows: list[dict], target: float, budget: int) -> str:
     for r in rows:
         local = r["tuned_parameter"].endswith("local_learning_rate")
         lr = r["local_learning_rate"] if local else r["learning_rate"]
-        over = f" {spread(r)} |" if seeds_head else ""
+        over = f" {spread(by_seed[r['method']])} |" if seeds_head else ""
         lines.append(
             f"| {r['method']} | {r['rounds_to_target'] or f'> {budget}'} |{over} {num(r['bytes_up_to_target'])} | "
             f"{num(r['bytes_down_to_target'])} | {num(r['local_gradient_evals_to_target'])} | "
@@ -303,16 +305,17 @@ def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> No
     plt.close(fig)
 
 
-def _print(rows: list[dict], console: Console, target: float, budget: int) -> None:
+def _print(rows: list[dict], console: Console, target: float, budget: int, by_seed: dict[str, list]) -> None:
     table = Table(title=f"rounds to {target:g} (budget {budget} rounds), sorted by rounds")
-    several = _several_seeds(rows)
+    several = _several_seeds(by_seed)
     for col in ("method", "rounds", *(("over seeds",) if several else ()), "uplink bytes", "downlink bytes",
                 "grad evals", "final risk", "tuned"):
         table.add_column(col)
     for r in rows:
         lr = r["local_learning_rate"] if r["tuned_parameter"].endswith("local_learning_rate") else r["learning_rate"]
         table.add_row(
-            r["method"], str(r["rounds_to_target"] or "not reached"), *((spread(r),) if several else ()),
+            r["method"], str(r["rounds_to_target"] or "not reached"),
+            *((spread(by_seed[r["method"]]),) if several else ()),
             f"{r['bytes_up_to_target']:,}" if r["bytes_up_to_target"] != "" else "",
             f"{r['bytes_down_to_target']:,}" if r["bytes_down_to_target"] != "" else "",
             f"{r['local_gradient_evals_to_target']:,}" if r["local_gradient_evals_to_target"] != "" else "",
