@@ -1,6 +1,7 @@
 """The same scenario on the inline, simulation and deployment engines, side by side.
 
     python benchmarks/engines.py [--clients 3,10,30,100,1000] [--rounds 5] [--deployment-rounds 3]
+    python benchmarks/engines.py --goals [--no-ray] [--no-compare]
 
 Runs ``fedsigma run quickstart`` (d = 20, 400 rows per client, every client every
 round) once per engine and client count, each as its own process, and prints
@@ -16,6 +17,15 @@ process (~200 MB with torch) per message, all alive at once on 2 cores, so 100
 would need ~30 GB (this machine has 24, shared);
 a run is stopped (SIGINT: the CLI stops all it started) if the machine's
 available memory falls below 4 GB.
+
+``--goals`` measures issue 9's targets instead, in one run: inline client calls
+per second at quickstart sizes (1000 clients), one inline round at 10,000 and at
+100,000 clients (40 rows each: 400 would need 6.4 GB for the data alone), the
+Ray simulation engine at 1000 clients against inline, and ``fedsigma compare
+ill_conditioned`` end to end. Beside each time: its compute floor (the round's
+flops ÷ this machine's one-thread float64 GEMM rate, measured first) and the
+ratio, the peak memory, and the load average when it finished (2 cores shared:
+a load of 8 makes every time about 4× longer).
 """
 
 from __future__ import annotations
@@ -33,11 +43,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from fedsigma.engines.processes import descendants, process_tree
 from shared.results import read_rounds
+from shared.threads import single_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("inline", "simulation", "deployment")
@@ -88,11 +100,14 @@ class Sampler(threading.Thread):
         self.join()
 
 
-def run_one(engine: str, clients: int, rounds: int, work: Path) -> dict:
-    """One ``fedsigma run`` on one engine; its timings and peak memory."""
-    out = work / f"{engine}-{clients}"
+def run_one(engine: str, clients: int, rounds: int, work: Path, extra: tuple[str, ...] = ()) -> dict:
+    """One ``fedsigma run`` on one engine; its timings and peak memory. ``extra``: more
+    ``--set`` overrides (KEY=VALUE)."""
+    out = work / f"{engine}-{clients}-{len(extra)}"
     cmd = [sys.executable, "-m", "fedsigma.cli", "run", "quickstart", "--engine", engine, "--out", str(out),
            "--set", f"clients.count={clients}", "--set", f"stop.max_rounds={rounds}", "--set", "stop.target=1e-300"]
+    for item in extra:
+        cmd += ["--set", item]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(proc)
@@ -111,6 +126,81 @@ def run_one(engine: str, clients: int, rounds: int, work: Path) -> dict:
     return row
 
 
+def gemm_flops_per_s(size: int = 1000, repeats: int = 5) -> float:
+    """This machine's float64 GEMM rate on one thread (the engines run one BLAS thread),
+    best of ``repeats`` products of two size × size matrices, in flop/s."""
+    with single_thread():
+        a, b = np.random.default_rng(0).standard_normal((2, size, size))
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def round_flops(clients: int, rows: int, dim: int = 20, batch: int = 32, probes: int = 4) -> float:
+    """Arithmetic of one quickstart round: per client, probes × (X·w and Xᵀr over n rows)
+    plus the full-data gradient over its N rows: 4·d flops per row touched."""
+    return clients * 4 * dim * (probes * batch + rows)
+
+
+GOALS = (  # (name, clients, rows per client, rounds, engine, goal text)
+    ("calls/s at quickstart sizes", 1000, 400, 4, "inline", "≥ 10,000 client calls/s"),
+    ("10,000 clients, one round", 10_000, 400, 3, "inline", "< 2 s"),
+    ("100,000 clients, one round", 100_000, 40, 2, "inline", "< 20 s, peak < 4 GB"),
+    ("1000 clients on Ray", 1000, 400, 3, "simulation", "inline ≥ 50× faster"),
+)
+
+
+def goals(console: Console, work: Path, with_ray: bool, with_compare: bool) -> None:
+    """Issue 9's goals, each measured now, side by side, with the machine's load."""
+    rate = gemm_flops_per_s()
+    load_before = os.getloadavg()
+    table = Table(title=f"goals: {os.cpu_count()} cores, GEMM {rate / 1e9:.2f} Gflop/s (1 thread), "
+                        f"load {load_before[0]:.1f} at the start")
+    for col in ("goal", "clients", "rows/client", "s / round", "calls / s", "floor s", "× floor", "peak MB",
+                "target", "met", "load"):
+        table.add_column(col, justify="right")
+    results = {}
+    for name, clients, rows, rounds, engine, target in GOALS:
+        if engine == "simulation" and not with_ray:
+            continue
+        row = run_one(engine, clients, rounds, work, (f"data.rows_per_client={rows}",))
+        results[name] = row
+        load = os.getloadavg()[0]
+        if "error" in row:
+            table.add_row(name, f"{clients:,}", str(rows), row["error"], "", "", "", f"{row['peak_mb']:,.0f}",
+                          target, "no", f"{load:.1f}")
+            continue
+        floor = round_flops(clients, rows) / rate
+        if name.startswith("calls"):
+            met = row["calls_per_s"] >= 10_000
+        elif name.startswith("10,000"):
+            met = row["s_per_round"] < 2
+        elif name.startswith("100,000"):
+            met = row["s_per_round"] < 20 and row["peak_mb"] < 4096
+        else:
+            inline = results[GOALS[0][0]]
+            ratio = row["s_per_round"] / inline["s_per_round"]
+            target = f"{target} (now {ratio:.0f}×)"
+            met = ratio >= 50
+        table.add_row(name, f"{clients:,}", str(rows), f"{row['s_per_round']:.3g}", f"{row['calls_per_s']:,.0f}",
+                      f"{floor:.2g}", f"{row['s_per_round'] / floor:,.0f}", f"{row['peak_mb']:,.0f}", target,
+                      "yes" if met else "no", f"{load:.1f}")
+    if with_compare:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "fedsigma.cli", "compare", "ill_conditioned", "--out",
+                               str(work / "compare")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        took = time.perf_counter() - started
+        table.add_row("compare ill_conditioned (all methods, tuning)", "20", "1000", f"{took:.0f} (whole)", "", "", "",
+                      "", "≤ 60 s", "yes" if done.returncode == 0 and took <= 60 else "no",
+                      f"{os.getloadavg()[0]:.1f}")
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="3,10,30,100,1000", help="comma-separated client counts")
@@ -118,7 +208,16 @@ def main() -> None:
     parser.add_argument("--deployment-rounds", type=int, default=3, help="rounds per deployment run")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--goals", action="store_true",
+                        help="measure issue 9's goals instead (inline calls/s, 10,000 and 100,000 clients a round, "
+                             "inline vs Ray at 1000, compare ill_conditioned), each beside its compute floor")
+    parser.add_argument("--no-ray", action="store_true", help="with --goals: skip the Ray run")
+    parser.add_argument("--no-compare", action="store_true", help="with --goals: skip the compare run")
     args = parser.parse_args()
+    if args.goals:
+        with tempfile.TemporaryDirectory(prefix="fedsigma-goals-") as tmp:
+            goals(Console(width=160), Path(tmp), not args.no_ray, not args.no_compare)
+        return
     counts = [int(c) for c in args.clients.split(",")]
     engines = [e for e in args.engines.split(",") if e]
     console = Console(width=140)

@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="HTTPS and SuperNode authentication, with fresh certificates unless --certs")
     dep.add_argument("--certs", type=Path, metavar="DIR",
                      help="TLS with the CA, server certificate and SuperNode keys of scripts/make-certs.sh DIR")
+    run.add_argument("--verbose", action="store_true",
+                     help="also print Flower's log lines (always in the results folder's flower.log)")
     sim = run.add_argument_group("simulation engine")
     sim.add_argument("--ray-address", metavar="HOST:PORT",
                      help="run the clients on this running Ray cluster (its head's `ray start --head` "
@@ -314,7 +316,7 @@ def resume_target(args) -> tuple[Scenario, str, Path, int]:
 def deployment_options(args, scenario) -> DeployOptions:
     """Check the deployment flags against the scenario's engine; one-line errors."""
     opts = DeployOptions(args.superlink, args.no_supernodes, args.tls or args.certs is not None,
-                         args.certs.resolve() if args.certs else None, args.ray_address)
+                         args.certs.resolve() if args.certs else None, args.ray_address, args.verbose)
     if opts.ray_address is not None:
         if scenario.engine != "simulation":
             raise ScenarioError("--ray-address: only with the simulation engine; add --engine simulation")

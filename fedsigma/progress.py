@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.results import read_rounds
@@ -19,18 +20,21 @@ from shared.results import read_rounds
 class RoundsProgress:
     """Context manager: a rich progress bar of rounds, updated every ``interval`` s."""
 
-    def __init__(self, rounds_csv: Path, max_rounds: int, console: Console, interval: float = 0.2) -> None:
+    def __init__(
+        self, rounds_csv: Path, max_rounds: int, console: Console, interval: float = 0.2, label: str = "round",
+        transient: bool = False,
+    ) -> None:
         self.path = rounds_csv
         self.interval = interval
         self._stop = threading.Event()
         self._progress = Progress(
-            TextColumn("[bold]round"),
+            TextColumn(f"[bold]{escape(label)}"),
             MofNCompleteColumn(),
             BarColumn(),
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             console=console,
-            transient=False,
+            transient=transient,
         )
         self._task = self._progress.add_task("run", total=max_rounds, status="starting…")
         self._thread = threading.Thread(target=self._follow, daemon=True)

@@ -11,6 +11,7 @@ from client.policy import settings_admitting
 from fedsigma.engines.deployment import Certificates, run_deployment
 from fedsigma.engines.inline import run_inline
 from fedsigma.engines.simulation import run_simulation
+from fedsigma.flower_log import flower_log_to
 from scenarios import run_config as rc
 from scenarios.node_data import node_configs
 from scenarios.resources import Estimate, check_resources, describe_estimate
@@ -41,8 +42,9 @@ def run_engine(
     policy = settings_admitting(scenario, send_hessian=entry.sends_hessian)
     configs = [{**config, **policy} for config in node_configs(scenario)]
     if scenario.engine == "inline":
-        run_inline(server_app, client_app, scenario.clients.count, run_config, configs,
-                   round_timeout=scenario.training.round_timeout, cohort=cohort)
+        with flower_log_to(out / "flower.log", verbose=deploy.verbose):
+            run_inline(server_app, client_app, scenario.clients.count, run_config, configs,
+                       round_timeout=scenario.training.round_timeout, cohort=cohort)
     elif scenario.engine == "deployment":
         run_deployment(
             configs, run_config, log_path=out / "flower.log", superlink=deploy.superlink,
@@ -77,6 +79,7 @@ class DeployOptions:
     tls: bool = False
     certs: Path | None = None
     ray_address: str | None = None
+    verbose: bool = False  # inline engine: Flower's log lines on the terminal too, not only in flower.log
 
     def share_out_dir(self, out: Path) -> None:
         """On a SuperLink we did not start, its ServerApp writes the results folder

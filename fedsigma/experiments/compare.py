@@ -25,6 +25,7 @@ from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fedsigma.engines.dispatch import check_size, run_engine  # noqa: E402
+from fedsigma.progress import RoundsProgress  # noqa: E402
 from scenarios.loader import ScenarioError, load_scenario, updated  # noqa: E402
 from scenarios.schema import Scenario  # noqa: E402
 from server.build import oracle_for  # noqa: E402
@@ -105,17 +106,18 @@ def compare(
             run_dir = out / method / f"{key}-{value:.4g}"
             sc = updated(scenario, {f"training.{key}": value})
             started = time.perf_counter()
-            console.print(f"  {method:<22} {key} = {value:.4g} …", end="", highlight=False)
-            try:
-                run_engine(sc, run_dir, method)
+            label = f"  {method:<22} {key} = {value:.4g}"
+            try:  # a round counter while the run goes; one line with its outcome after
+                with RoundsProgress(run_dir / "rounds.csv", sc.stop.max_rounds, console, label=label, transient=True):
+                    run_engine(sc, run_dir, method)
             except Exception as exc:  # noqa: BLE001 — one failed setting must not end the comparison
-                console.print(f" failed: {type(exc).__name__}: {escape(str(exc))}", highlight=False)
+                console.print(f"{label} failed: {type(exc).__name__}: {escape(str(exc))}", highlight=False)
                 if not (run_dir / "summary.json").is_file():
                     return
             summary = json.loads((run_dir / "summary.json").read_text())
             outcome = Outcome(method, value, run_dir, summary, read_rounds(run_dir / "rounds.csv"),
                               time.perf_counter() - started)
-            console.print(f" {escape(str(summary['status']))}, {outcome.reached or '-'} rounds", highlight=False)
+            console.print(f"{label} {escape(str(summary['status']))}, {outcome.reached or '-'} rounds", highlight=False)
             tried.append(outcome)
 
         for value in values:
