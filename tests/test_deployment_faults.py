@@ -58,8 +58,8 @@ def test_no_flower_process_outlives_a_sigkilled_cli(tmp_path):
 
 
 def _inline_view(tmp_path, count: int = 3):
-    """A PartitionGrid over an in-process grid whose nodes the test can remove and add."""
-    from flwr.app import Context, RecordDict
+    """A PartitionGrid over an in-process grid whose nodes the test can remove (``del
+    grid._configs[node]``) and add (``join(node, partition)``)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     from client.client_app import app as client_app
@@ -75,30 +75,39 @@ def _inline_view(tmp_path, count: int = 3):
     grid = InlineGrid(client_app, configs, run_config)
 
     def join(node: int, partition: int) -> None:
-        grid.contexts[node] = Context(1, node, dict(configs[partition]), RecordDict(), dict(run_config))
+        grid._configs[node] = dict(configs[partition])
 
     return grid, PartitionGrid(grid, count), join
 
 
-def _hello(view, nodes):
-    from flwr.app import Message, RecordDict
+def _round(view, rnd: int):
+    """One gradcov training round's messages to every node of the view."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord
 
+    from scenarios.loader import load_scenario
+    from server.build import oracle_for
+    from server.methods import strategy_for
     from shared import protocol as p
 
-    return [Message(RecordDict(), dst_node_id=n, message_type=f"query.{p.HELLO}") for n in nodes]
+    scenario = load_scenario("quickstart", ["clients.count=3"])
+    strategy, config, _, _ = strategy_for(scenario, "gradcov", oracle_for(scenario)[1])
+    weights = ArrayRecord({p.WEIGHTS: Array(np.zeros(scenario.dim()))})
+    return list(strategy.configure_train(rnd, weights, ConfigRecord(dict(config)), view))
 
 
 def test_a_node_that_leaves_counts_as_failed_and_one_that_comes_back_takes_its_place(tmp_path):
     grid, view, join = _inline_view(tmp_path)
     first = view.get_node_ids()
-    del grid.contexts[first[1]]  # partition 1's node is gone
+    del grid._configs[first[1]]  # partition 1's node is gone
     assert view.get_node_ids() == first  # its place is kept: sampling positions do not move
-    replies = view.send_and_receive(_hello(view, first))
-    assert len(replies) == 2 and view.failed == 1  # not sent, counted at once
+    replies = view.send_and_receive(_round(view, 1))
+    assert sum(not r.has_error() for r in replies) == 2 and view.failed == 1  # not sent, counted at once
     join(5000, 1)  # back under a new id
     assert view.get_node_ids() == [first[0], 5000, first[2]]
     assert view.partition_of[5000] == 1 and first[1] not in view.partition_of
-    assert len(view.send_and_receive(_hello(view, view.get_node_ids()))) == 3 and view.failed == 1
+    replies = view.send_and_receive(_round(view, 2))
+    assert len(replies) == 3 and not any(r.has_error() for r in replies) and view.failed == 1
 
 
 def test_a_newcomer_waits_while_its_partitions_node_is_connected_and_strangers_are_refused(tmp_path):
@@ -106,10 +115,9 @@ def test_a_newcomer_waits_while_its_partitions_node_is_connected_and_strangers_a
     first = view.get_node_ids()
     join(6000, 2)  # partition 2 claimed while node first[2] still serves it (a crash not yet noticed)
     assert view.get_node_ids() == first
-    del grid.contexts[first[2]]  # now its heartbeat lapses
+    del grid._configs[first[2]]  # now its heartbeat lapses
     assert view.get_node_ids() == [first[0], first[1], 6000]
-    grid2, _, join2 = _inline_view(tmp_path / "other", count=4)
-    grid.contexts[7000] = grid2.contexts[list(grid2.contexts)[3]]  # serves partition 3 of a 4-client run
+    grid._configs[7000] = {**grid._configs[first[0]], "partition-id": 3}  # a partition this run does not have
     assert view.get_node_ids() == [first[0], first[1], 6000] and 7000 in view._refused
 
 
