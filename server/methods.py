@@ -210,7 +210,7 @@ def resolve_learning_rates(
     """(server η, client local η), resolving 'auto'.
 
     With a preconditioner P·Σ ≈ I: auto η = 1 when the server sees exact
-    gradients (every client, full local data, clean targets, no local steps) and
+    gradients (full local data, clean targets, no local steps; any clients.fraction: the gradient table makes ḡ the federation's) and
     the server's secant memory is on, for it corrects any overshooting step; else 0.5; the exact oracle
     and Newton take 1. Without a preconditioner the only safe scale is
     1/λ_max(Σ): auto takes it from the oracle (the best case for plain FedSGD
@@ -228,8 +228,7 @@ def resolve_learning_rates(
         return 1.0 / oracle.largest_eigenvalue()
 
     pre = m.uses_preconditioner(scenario)
-    exact = train.line_search_memory > 0 and gradients_are_exact(
-        scenario.clients.fraction, train.gradient, train.noisy_targets, train.local_steps)
+    exact = train.line_search_memory > 0 and gradients_are_exact(train.gradient, train.noisy_targets, train.local_steps)
     if train.learning_rate != "auto":
         server = float(train.learning_rate)
     elif m.auto_learning_rate is not None:

@@ -353,10 +353,10 @@ class GradCovStrategy(Strategy):
         return np.zeros_like(v) if sigma is None else sigma @ v
 
     def _exact_gradients(self) -> bool:
-        """Whether ḡ is the exact gradient of the federation's quadratic loss (every
-        client, full local data, clean targets), so gradient differences reveal Σ."""
+        """Whether clients send exact gradients (full local data, clean targets), so that
+        with the table current the differences of ḡ reveal Σ."""
         return self.secant is not None and self.precondition and gradients_are_exact(
-            self.fraction_train, self.train_gradient, self.noisy_targets, self.local_steps)
+            self.train_gradient, self.noisy_targets, self.local_steps)
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
         """The config sent to one node (override to vary it per node)."""

@@ -29,12 +29,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def gradients_are_exact(fraction: float, gradient: str, noisy_targets: bool, local_steps: int) -> bool:
-    """Whether the server's aggregated ḡ is the exact gradient of the federation's
-    quadratic loss: every client each round, full local data, clean targets, and
-    gradients (not local-step updates) sent — the case where gradient differences
-    are Σ times the step."""
-    return fraction >= 1.0 and gradient == "full" and not noisy_targets and local_steps == 0
+def gradients_are_exact(gradient: str, noisy_targets: bool, local_steps: int) -> bool:
+    """Whether each client's gradient is the exact gradient of its quadratic loss: full
+    local data, clean targets, and gradients (not local-step updates) sent. The server's
+    ḡ (shared.gradient_table) is then the federation's exact gradient in every round in
+    which each client in the table replied at w — the case where gradient differences
+    are Σ times the step — and carried forward along Σ̂ in the others."""
+    return gradient == "full" and not noisy_targets and local_steps == 0
 
 
 class SecantMemory:
