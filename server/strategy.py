@@ -294,21 +294,26 @@ class GradCovStrategy(Strategy):
             mean = self._federation_gradient(pids, updates, weights, keep)
             if mean is None:
                 return None, MetricRecord({"clients-replied": len(pids)})
-            if self._exact_gradients() and self.table.current(self._weights):
+            if self._exact_gradients():
                 # exact quadratic: correct over the past steps and size the step from them.
-                # Gradient differences are Σ·step only for one quadratic and exact gradients:
-                # when the clients in the estimate change (one is seen first, or caught lying)
-                # or a round used stale ones, start a new memory
+                # Gradient differences are Σ·step only for exact gradients of one set of
+                # clients: pairs join the memory only in rounds where every client in the
+                # table replied at w, and a new memory starts when the table's clients change
                 if self.table.members() != self._repliers:
                     self.secant, self._repliers = SecantMemory(self.secant.memory), self.table.members()
-                self.secant.observe(self._weights, mean)
-                eta = self.secant.step_size(mean, self.learning_rate)
+                exact = self.table.current(self._weights)
+                eta = self.learning_rate
+                if exact:
+                    self.secant.observe(self._weights, mean)
+                    eta = self.secant.step_size(mean, self.learning_rate)
                 start, mean = self.secant.minimise(self._weights, mean)
                 direction = self.preconditioner @ mean
-                self.secant.stepped(mean, direction, eta)
+                if exact:
+                    self.secant.stepped(mean, direction, eta)
+                else:  # ḡ carried stale gradients: the next step is not sized from this one
+                    self.secant.interrupted()
                 new = start - eta * direction
             else:
-                self._repliers = ()  # ḡ is an estimate: the memory starts afresh at the next exact round
                 new = self._weights - self.learning_rate * (self.preconditioner @ mean)
         metrics = MetricRecord(
             {"clients-replied": len(pids), "gradients-pooled": self.pool.gradients}

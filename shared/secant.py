@@ -107,6 +107,11 @@ class SecantMemory:
             return default
         return min(default, float(g_prev @ u) / curvature)
 
+    def interrupted(self) -> None:
+        """A step the memory did not see (taken on an inexact gradient): the next
+        ``step_size`` falls back to its default. The steps remembered stay valid."""
+        self._last = None
+
     def stepped(self, g: np.ndarray, u: np.ndarray, eta: float) -> None:
         """Record the step w' − η·u just taken from a point whose gradient is g."""
         self._last = (np.array(g, dtype=float), np.array(u, dtype=float), float(eta))
