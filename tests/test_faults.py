@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import app as client_app
 from client.faults import COUNT_FACTOR, FLOOD_PROBES, SCALE, corrupt_array, plan_for
-from fedsigma.engines.inline import SUPERLINK_NODE_ID, InlineGrid, run_config_for
+from fedsigma.engines.inline import InlineGrid
+from scenarios.run_config import encode
 from scenarios.loader import ScenarioError, validate
 from scenarios.node_data import node_configs
 from scenarios.schema import BYZANTINE_KINDS
@@ -29,7 +30,7 @@ def scenario(**faults):
 def one_round(sc, rnd: int = 1):
     """Round ``rnd`` of GradCov on the inline grid: {partition id: reply}."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    grid = InlineGrid(client_app, node_configs(sc), run_config_for(sc.model_dump_json(), "", "inline"))
+    grid = InlineGrid(client_app, node_configs(sc), encode(sc, "", "inline"))
     strategy = GradCovStrategy(sc.dim(), batch_size=sc.protocol.batch_size, probes=sc.protocol.probes, seed=sc.seed)
     messages = strategy.configure_train(rnd, ArrayRecord({p.WEIGHTS: Array(np.zeros(sc.dim()))}), ConfigRecord(), grid)
     pid = {node: int(ctx.node_config["partition-id"]) for node, ctx in grid.contexts.items()}
@@ -163,7 +164,7 @@ def test_screen_replies_names_each_problem():
 
     sc = scenario()
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1
-    grid = InlineGrid(client_app, node_configs(sc), run_config_for(sc.model_dump_json(), "", "inline"))
+    grid = InlineGrid(client_app, node_configs(sc), encode(sc, "", "inline"))
     strategy = GradCovStrategy(4, batch_size=16, probes=3, seed=3)
     messages = list(strategy.configure_train(1, ArrayRecord({p.WEIGHTS: Array(np.zeros(4))}), ConfigRecord(), grid))
     replies = grid.send_and_receive(messages)
