@@ -63,14 +63,15 @@ def _inline_view(tmp_path, count: int = 3):
     from flwr.supercore.task_identity import TaskIdentity
 
     from client.client_app import app as client_app
-    from fedsigma.engines.inline import SUPERLINK_NODE_ID, InlineGrid, run_config_for
+    from fedsigma.engines.inline import SUPERLINK_NODE_ID, InlineGrid
     from scenarios.loader import load_scenario
     from scenarios.node_data import node_configs
+    from scenarios.run_config import encode
     from server.partition_grid import PartitionGrid
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SUPERLINK_NODE_ID, 1  # as run_inline
     scenario = load_scenario("quickstart", [f"clients.count={count}"])
-    run_config = run_config_for(scenario.model_dump_json(), str(tmp_path), "inline")
+    run_config = encode(scenario, str(tmp_path), "inline")
     configs = node_configs(scenario)
     grid = InlineGrid(client_app, configs, run_config)
 
