@@ -177,6 +177,9 @@ class Preconditioner(_Section):
     rank: StrictInt | None = Field(
         None, ge=1, description="low-rank-plus-ridge P of this rank (Woodbury; for large d); None = dense"
     )
+    adaptive_probes: StrictBool = Field(
+        True, description="stop probing once more probes save no round (split-half Σ̂ error; dense Σ̂ only)"
+    )
 
 
 class Training(_Section):

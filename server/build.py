@@ -16,6 +16,7 @@ from scenarios.federation import Federation, build_federation
 from scenarios.loader import ScenarioError
 from scenarios.schema import Scenario
 from server.baselines import NewtonStrategy, OracleStrategy, flower_strategy, local_training_config
+from server.fednl import FedNLStrategy
 from server.strategy import GradCovStrategy
 from shared.metrics import LeastSquaresOracle
 
@@ -71,9 +72,11 @@ def _common(scenario: Scenario, lr: float, local_lr: float) -> dict:
     )
 
 
-def gradcov(scenario: Scenario, lr: float, local_lr: float, oracle=None):
+def gradcov(scenario: Scenario, lr: float, local_lr: float, oracle=None, *, step_rule: str = "secant",
+            memory_on_inexact: bool = False):
     """GradCovStrategy as the scenario describes it (plain FedSGD when its
-    preconditioner is off: no probes, P = I)."""
+    preconditioner is off: no probes, P = I); ``step_rule`` and ``memory_on_inexact``
+    make the fedlbfgs and fedsgd-memory rivals (see GradCovStrategy)."""
     proto, pre = scenario.protocol, scenario.preconditioner
     strategy = GradCovStrategy(
         scenario.dim(),
@@ -88,7 +91,17 @@ def gradcov(scenario: Scenario, lr: float, local_lr: float, oracle=None):
         rank=pre.rank,
         max_gradients=pre.max_gradients,
         label_clip=proto.label_clip,
+        step_rule=step_rule,
+        memory_on_inexact=memory_on_inexact,
+        probe_target=scenario.stop.target if pre.adaptive_probes else None,
     )
+    return strategy, ConfigRecord()
+
+
+def fednl(scenario: Scenario, lr: float, local_lr: float, oracle=None):
+    """FedNL (every client a round) or FedNL-PP (a sampled fraction), Rank-1 compression."""
+    strategy = FedNLStrategy(scenario.dim(), learning_rate=lr, fraction_train=scenario.clients.fraction,
+                             min_available_nodes=scenario.clients.count, seed=scenario.seed)
     return strategy, ConfigRecord()
 
 

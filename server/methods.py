@@ -56,8 +56,9 @@ class TuningGrid:
 
     Parameters
     ----------
-    parameter : {"learning_rate", "local_learning_rate"}
-        The key under the scenario's ``[training]`` that is tuned.
+    parameter : {"learning_rate", "local_learning_rate", "line_search_memory"}
+        The key under the scenario's ``[training]`` that is tuned (the memory is
+        an integer: compare rounds the values it steps to).
     values : tuple of float
         The values tried (compare steps past an edge that wins).
     relative : bool
@@ -66,7 +67,7 @@ class TuningGrid:
         limit 2/λ_max). False: absolute values.
     """
 
-    parameter: Literal["learning_rate", "local_learning_rate"]
+    parameter: Literal["learning_rate", "local_learning_rate", "line_search_memory"]
     values: tuple[float, ...]
     relative: bool
 
@@ -154,6 +155,7 @@ def _get(scenario: Scenario, key: str) -> Any:
 
 _GRADCOV_GRID = TuningGrid("learning_rate", (0.5, 0.75, 1.0), relative=False)
 _ADAPTIVE_GRID = TuningGrid("learning_rate", (0.03, 0.1, 0.3), relative=False)
+_SGD_GRID = TuningGrid("learning_rate", (0.5, 1.0, 1.9), relative=True)  # × 1/λ_max: 2/λ_max is the limit
 _GRADIENT = "its gradient ḡ_k (d floats)"
 _PROBES = " and protocol.probes probe gradients (d floats each) until preconditioner.max_gradients are pooled"
 _WEIGHTS = "its locally trained weights (d floats)"
@@ -179,9 +181,20 @@ _ALL = (
     Method("gradcov-differential", "gradcov with probes at two noise levels: cancels δ-bias and σ₀²",
            build.gradcov, grid=_GRADCOV_GRID, uplink=_GRADIENT + _PROBES + ", at each of two noise levels",
            probes=True, preconditioned=None, sends_hessian=False, settings={"protocol.differential": True}),
-    Method("fedsgd", "plain FedSGD: P = I, no probes", build.gradcov,
-           grid=TuningGrid("learning_rate", (0.5, 1.0, 1.9), relative=True), uplink=_GRADIENT, probes=False,
+    Method("fedsgd", "plain FedSGD: P = I, no probes, no memory of past steps", build.gradcov,
+           grid=_SGD_GRID, uplink=_GRADIENT, probes=False, preconditioned=False, sends_hessian=False,
+           settings={"preconditioner.enabled": False, "training.line_search_memory": 0}),
+    Method("fedsgd-memory", "FedSGD with gradcov's secant memory (P = I): federated CG while the memory holds "
+           "every step", partial(build.gradcov, memory_on_inexact=True), grid=_SGD_GRID, uplink=_GRADIENT,
+           probes=False, preconditioned=False, sends_hessian=False, settings={"preconditioner.enabled": False}),
+    Method("fedlbfgs", "server-side L-BFGS on the federated gradient (P = I, unit steps; memory tuned)",
+           partial(build.gradcov, step_rule="lbfgs", memory_on_inexact=True),
+           grid=TuningGrid("line_search_memory", (5, 20, 50), relative=False), uplink=_GRADIENT, probes=False,
            preconditioned=False, sends_hessian=False, settings={"preconditioner.enabled": False}),
+    Method("fednl", "FedNL (Safaryan et al. 2022; FedNL-PP when clients are sampled): Rank-1 compressed "
+           "Hessian learning, steps (H + l·I)⁻¹", build.fednl, grid=_GRADCOV_GRID,
+           uplink="a Rank-1 Hessian correction (d + 1 floats), its shifted point (d) and l_i (1)",
+           probes=False, preconditioned=True, sends_hessian=True, auto_learning_rate=1.0),
     _flower(flower.FedAvg, "Flower's FedAvg: local steps, weights averaged"),
     _flower(flower.FedAdam, "Flower's FedAdam: FedAvg's update through a server-side Adam"),
     _flower(flower.FedYogi, "Flower's FedYogi: FedAvg's update through a server-side Yogi"),

@@ -25,6 +25,8 @@ from shared.lowrank import LowRankPreconditioner, SketchPool
 from server.pooling import cohort_replies, log_inconsistent, norm_screen, probe_screen
 from shared.gradient_table import GradientTable
 from shared.robust import ReplyHistory
+from shared.lbfgs import LBFGSMemory
+from shared.probe_budget import ProbeBudget
 from shared.secant import SecantMemory, gradients_are_exact
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
 
@@ -76,8 +78,25 @@ class GradCovStrategy(Strategy):
         this many steps, and size the next step along the previous one, from the
         gradient changes the steps caused (:class:`shared.secant.SecantMemory`;
         no extra messages). While the rounds so far fit in the memory and P is
-        fixed, this is preconditioned conjugate gradients. 0 = plain steps
-        w − η·P·ḡ.
+        fixed, this is preconditioned conjugate gradients; with P = I
+        (``precondition`` off) it is federated CG, the ``fedsgd-memory`` rival.
+        0 = plain steps w − η·P·ḡ.
+    step_rule : {"secant", "lbfgs"}
+        What the memory of the last ``line_search_memory`` steps does: "secant" as
+        above; "lbfgs" steps along the L-BFGS two-loop direction H·ḡ with a unit step
+        (:class:`shared.lbfgs.LBFGSMemory`; the first step, before any curvature
+        pair, is w − η·P·ḡ) — the ``fedlbfgs`` rival.
+    memory_on_inexact : bool
+        Use the memory even when ḡ is not exact (sampled clients, dropouts,
+        mini-batches, noisy targets), on whatever estimate of it there is: CG and
+        L-BFGS assume exact gradients, and the rivals run that way anyway, to show
+        what happens. gradcov keeps it off there.
+    probe_target : float or None
+        The adaptive probe budget (:class:`shared.probe_budget.ProbeBudget`, dense
+        Σ̂ only): stop asking for probes once one more round of them is predicted to
+        save no round towards this relative excess risk, judged from Σ̂'s split-half
+        whitened error and ḡᵀPḡ relative to round 1's. None: probe every round (up
+        to ``max_gradients``).
     rank : int or None
         None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
         sketch of 2r + ``sketch_oversample`` columns and P applied with the
@@ -117,6 +136,9 @@ class GradCovStrategy(Strategy):
         rank: int | None = None,
         sketch_oversample: int = 10,
         max_gradients: int | None = None,
+        step_rule: str = "secant",
+        memory_on_inexact: bool = False,
+        probe_target: float | None = None,
         label_clip: float | None = None,
     ) -> None:
         self.dim = dim
@@ -156,6 +178,15 @@ class GradCovStrategy(Strategy):
         self._weights = np.zeros(dim)
         self.line_search_memory = line_search_memory
         self.secant = SecantMemory(min(line_search_memory, dim)) if line_search_memory > 0 else None
+        if step_rule not in ("secant", "lbfgs"):
+            raise ValueError(f"step_rule must be 'secant' or 'lbfgs', got {step_rule!r}")
+        self.step_rule, self.memory_on_inexact = step_rule, memory_on_inexact
+        self.lbfgs = LBFGSMemory(line_search_memory) if self.secant is not None and step_rule == "lbfgs" else None
+        self.budget = (
+            ProbeBudget(dim, len(self.noise_levels), probe_target, self.warmup_gradients)
+            if probe_target is not None and rank is None and precondition and probes > 0 else None
+        )
+        self._first_gradient: np.ndarray | None = None  # round 1's ḡ: the budget's progress yardstick
         self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
         self.table = GradientTable(dim)  # every client's latest gradient: ḡ of the whole federation
         self.history = ReplyHistory()  # every client's last gradient, to check its next one
@@ -211,6 +242,7 @@ class GradCovStrategy(Strategy):
         cfg[p.BATCH_SIZE] = self.batch_size
         # Once max_gradients probes are pooled, stop asking: Σ̂ is as good as it gets for its cost
         done = self.max_gradients is not None and self.pool.gradients >= self.max_gradients
+        done = done or (self.budget is not None and not self.budget.probing)  # more probes save no round
         cfg[p.PROBES] = 0 if done else self.probes
         cfg[p.NOISE_LEVELS] = [float(c) for c in self.noise_levels]
         cfg[p.NATURAL_VAR] = float(self.natural_var)
@@ -300,25 +332,56 @@ class GradCovStrategy(Strategy):
                 # clients: pairs join the memory only in rounds where every client in the
                 # table replied at w, and a new memory starts when the table's clients change
                 if self.table.members() != self._repliers:
-                    self.secant, self._repliers = SecantMemory(self.secant.memory), self.table.members()
-                exact = self.table.current(self._weights)
-                eta = self.learning_rate
-                if exact:
-                    self.secant.observe(self._weights, mean)
-                    eta = self.secant.step_size(mean, self.learning_rate)
-                start, mean = self.secant.minimise(self._weights, mean)
-                direction = self.preconditioner @ mean
-                if exact:
-                    self.secant.stepped(mean, direction, eta)
-                else:  # ḡ carried stale gradients: the next step is not sized from this one
-                    self.secant.interrupted()
-                new = start - eta * direction
+                    self._forget_steps()
+                    self._repliers = self.table.members()
+                new = self._memory_step(mean, exact=self.table.current(self._weights))
+            elif self.secant is not None and self.memory_on_inexact:
+                new = self._memory_step(mean, exact=True)  # CG / L-BFGS on an inexact ḡ: what the rivals do
             else:
                 new = self._weights - self.learning_rate * (self.preconditioner @ mean)
+            if self.budget is not None:
+                self._decide_probes(mean)
         metrics = MetricRecord(
             {"clients-replied": len(pids), "gradients-pooled": self.pool.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
+
+    def _forget_steps(self) -> None:
+        """Start the memory afresh (its steps belong to another quadratic)."""
+        self.secant = SecantMemory(self.secant.memory)
+        if self.lbfgs is not None:
+            self.lbfgs = LBFGSMemory(self.lbfgs.memory)
+
+    def _memory_step(self, mean: np.ndarray, exact: bool) -> np.ndarray:
+        """The next w from ḡ at w and the memory of past steps (``step_rule``); a round whose
+        ḡ carried stale gradients (``exact`` False) adds no pair and sizes no later step."""
+        if self.lbfgs is not None:
+            if exact:
+                self.lbfgs.observe(self._weights, mean)
+            direction = self.lbfgs.direction(mean)
+            if direction is None:  # no curvature pair yet: a plain first step
+                return self._weights - self.learning_rate * (self.preconditioner @ mean)
+            return self._weights - direction
+        eta = self.learning_rate
+        if exact:
+            self.secant.observe(self._weights, mean)
+            eta = self.secant.step_size(mean, self.learning_rate)
+        start, mean = self.secant.minimise(self._weights, mean)
+        direction = self.preconditioner @ mean
+        if exact:
+            self.secant.stepped(mean, direction, eta)
+        else:  # ḡ carried stale gradients: the next step is not sized from this one
+            self.secant.interrupted()
+        return start - eta * direction
+
+    def _decide_probes(self, gradient: np.ndarray) -> None:
+        """Tell the probe budget how far the run has come: for least squares
+        L(w) − L* = ½ ḡᵀΣ⁻¹ḡ ≈ ½ ḡᵀPḡ, relative to round 1's ḡ under the same P."""
+        if self._first_gradient is None:
+            self._first_gradient = np.array(gradient, dtype=float)
+        start = float(self._first_gradient @ (self.preconditioner @ self._first_gradient))
+        now = float(gradient @ (self.preconditioner @ gradient))
+        self.budget.decide(self.pool.estimate(), self.pool.gradients, now / start if start > 0 else 1.0)
 
     def _probe_screen(self, replies: CohortReplies) -> np.ndarray:
         """Which replies' probes join the pool (server.pooling.probe_screen); all when no probes."""
@@ -359,8 +422,9 @@ class GradCovStrategy(Strategy):
 
     def _exact_gradients(self) -> bool:
         """Whether clients send exact gradients (full local data, clean targets), so that
-        with the table current the differences of ḡ reveal Σ."""
-        return self.secant is not None and self.precondition and gradients_are_exact(
+        with the table current the differences of ḡ reveal Σ (with P = I too: the memory
+        then makes federated CG)."""
+        return self.secant is not None and gradients_are_exact(
             self.train_gradient, self.noisy_targets, self.local_steps)
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
@@ -375,6 +439,8 @@ class GradCovStrategy(Strategy):
             rows = int(replies.local_rows[index])
             coef = estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
             self.pool.add(probe, coef)
+            if self.budget is not None:
+                self.budget.add(probe, coef)
 
     def _update_preconditioner(self, server_round: int) -> None:
         if not self.precondition:

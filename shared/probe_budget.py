@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+from shared.estimators import CovariancePool
+
 
 def split_half_error(half_a: np.ndarray, half_b: np.ndarray, pooled: np.ndarray) -> float:
     """ê, the estimated whitened error of ``pooled`` from two independent halves.
@@ -102,6 +104,65 @@ def worth_probing(error: float, pooled: int, per_round: int, progress: float, ta
     """
     if pooled <= 0 or not math.isfinite(error):
         return True
+    now = rounds_to_go(error, progress, target)
+    if math.isinf(now):  # Σ̂ guarantees no contraction yet: keep probing
+        return True
     sharper = error * math.sqrt(pooled / (pooled + per_round))
-    return math.ceil(rounds_to_go(error, progress, target)) - math.ceil(rounds_to_go(sharper, progress, target)) >= 1
+    return math.ceil(now) - math.ceil(rounds_to_go(sharper, progress, target)) >= 1
 
+
+
+class ProbeBudget:
+    """The adaptive probe budget of one run: two half pools and the stop decision.
+
+    Replies alternate between two :class:`shared.estimators.CovariancePool` halves
+    (in the server's reply order, so the split is deterministic); after each round
+    :meth:`decide` compares ê with what the remaining rounds need. Probing never
+    resumes once stopped.
+
+    Parameters
+    ----------
+    dim : int
+        d.
+    levels : int
+        Noise levels per probe (1, or 2 for differential injection).
+    target : float
+        The relative excess risk the run aims at.
+    warmup : int
+        Probes to pool before deciding anything (the warm-up of P).
+    """
+
+    def __init__(self, dim: int, levels: int, target: float, warmup: int) -> None:
+        self.halves = (CovariancePool(dim, levels), CovariancePool(dim, levels))
+        self.target, self.warmup = target, warmup
+        self.probing = True
+        self.error: float | None = None  # ê, once computed
+        self._replies = 0
+        self._pooled_before = 0
+
+    def add(self, probes: np.ndarray, coefficients: np.ndarray) -> None:
+        """One reply's probes (levels, k, d) with their calibration coefficients."""
+        self.halves[self._replies % 2].add(probes, coefficients)
+        self._replies += 1
+
+    def decide(self, pooled_estimate: np.ndarray | None, pooled: int, progress: float) -> bool:
+        """Whether the next round asks for probes.
+
+        Parameters
+        ----------
+        pooled_estimate : ndarray of shape (d, d) or None
+            Σ̂ from every probe pooled so far.
+        pooled : int
+            K, probes pooled so far.
+        progress : float
+            The server's estimate of the relative excess risk now.
+        """
+        added, self._pooled_before = pooled - self._pooled_before, pooled
+        if not self.probing or pooled < self.warmup or added <= 0:
+            return self.probing
+        halves = [h.estimate() for h in self.halves]
+        if pooled_estimate is None or any(h is None for h in halves):
+            return self.probing
+        self.error = split_half_error(halves[0], halves[1], pooled_estimate)
+        self.probing = worth_probing(self.error, pooled, added, progress, self.target)
+        return self.probing

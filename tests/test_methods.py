@@ -25,6 +25,7 @@ from server.strategy import GradCovStrategy
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADCOV_FAMILY = ("gradcov", "gradcov-uncalibrated", "gradcov-differential", "fedsgd")
+FLOWER = ("fedavg", "fedadam", "fedyogi", "fedadagrad")
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -32,7 +33,8 @@ def test_every_method_has_every_entry_and_builds(name):
     m = METHODS[name]
     assert isinstance(m, Method) and m.name == name
     assert m.description and m.uplink, "a method needs a description and its uplink for the help texts"
-    assert m.grid.parameter in ("learning_rate", "local_learning_rate") and len(m.grid.values) >= 2
+    assert m.grid.parameter in ("learning_rate", "local_learning_rate", "line_search_memory")
+    assert len(m.grid.values) >= 2
     assert all(v > 0 for v in m.grid.values)
     scenario = load_scenario("quickstart")
     prepared = m.prepare(scenario)
@@ -43,13 +45,15 @@ def test_every_method_has_every_entry_and_builds(name):
     strategy, config, lr, local_lr = strategy_for(scenario, name, oracle_for(scenario)[1])
     assert lr > 0 and local_lr > 0
     assert hasattr(strategy, "configure_train") and hasattr(strategy, "aggregate_train")
-    assert isinstance(strategy, GradCovStrategy) == (not name.startswith("fed") or name == "fedsgd")
+    # Flower's own strategies and FedNL have strategies of their own; the rest is the GradCov round
+    assert isinstance(strategy, GradCovStrategy) == (name not in (*FLOWER, "fednl"))
     if isinstance(strategy, GradCovStrategy):
         assert (strategy.probes > 0) == (m.probes and prepared.preconditioner.enabled)
     assert m.uses_preconditioner(scenario) == (name in ("gradcov", "gradcov-uncalibrated",
-                                                        "gradcov-differential", "oracle", "newton"))
+                                                        "gradcov-differential", "oracle", "newton",
+                                                        "fednl"))
     assert m.gradient_evals(scenario) >= 1
-    assert m.sends_hessian == (name == "newton")
+    assert m.sends_hessian == (name in ("newton", "fednl"))
 
 
 def test_the_cli_and_compare_offer_exactly_the_registry():

@@ -44,3 +44,4 @@ def test_probing_stops_once_more_probes_save_no_round():
     # a handful of probes on top of many cannot move e enough
     assert not worth_probing(0.05, 100000, 10, 1.0, 1e-6)
     assert worth_probing(math.inf, 0, 100, 1.0, 1e-6)
+    assert worth_probing(1.5, 1000, 100, 1.0, 1e-6)  # no contraction guaranteed yet

@@ -103,6 +103,10 @@ def compare(
         tried: list[Outcome] = []
 
         def attempt(value: float) -> None:
+            if key == "line_search_memory":  # an integer: stepping past an edge may land between two
+                value = max(1, int(round(value)))
+                if any(o.value == value for o in tried):
+                    return
             run_dir = out / method / f"{key}-{value:.4g}"
             sc = updated(scenario, {f"training.{key}": value})
             started = time.perf_counter()
