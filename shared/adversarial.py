@@ -3,7 +3,7 @@ distance to the optimum q = δᵀΣδ estimated from calibrated gradients alone.
 
 Squared loss (xᵀw − y)², attack x → x + Δ with ‖Δ‖ ≤ r. The worst Δ moves the
 prediction by r‖w‖* in the sign of the residual, so for Gaussian x
-(../shared/METHOD.md, derived), with s² = δᵀΣδ + σ₀² the residual variance:
+(docs/method.md#adversarial), with s² = δᵀΣδ + σ₀² the residual variance:
 
     R_adv(w) = s² + 2 r ‖w‖* s √(2/π) + r² ‖w‖*².
 
@@ -76,7 +76,7 @@ def excess_from_gradients(
     The raw statistic t = ḡᵀΣ̂⁻¹ḡ (ḡ the mean gradient, Σ̂ their calibrated
     covariance, rescaled by n/σ²) has, for Gaussian gradients,
     E t = (K−1)/(K−d−2)·[q/(1 + 2q/σ²) + (σ²/n)·d/K]: the inverse-Wishart factor,
-    the δ-bias of Σ̂ (METHOD.md: q/(1 + 2q/n) under σ² = n) and the noise of ḡ.
+    the δ-bias of Σ̂ (docs/method.md#adversarial: q/(1 + 2q/n) under σ² = n) and the noise of ḡ.
     This removes the first and last, then inverts the middle.
 
     Parameters

@@ -2,7 +2,7 @@
 
 The rule (arXiv 2601.18546): make the *total* per-row target-noise variance equal
 to the batch size n (times a multiplier c), so that the covariance of n-row
-mini-batch gradients is ≈ c·Σ. See ../shared/METHOD.md.
+mini-batch gradients is ≈ c·Σ. See docs/method.md#calibration.
 
 With batches drawn without replacement from N local rows, the natural noise
 already in the targets only enters through the row sampling and carries the

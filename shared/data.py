@@ -3,7 +3,7 @@
 Synthetic rows are x = A z with A = U·diag(√λ) (so E xxᵀ = Σ = U diag(λ) Uᵀ) and
 z with i.i.d. unit-variance entries; targets y = xᵀw* + σ₀·e. Real tables are
 standardised (every column to mean 0, variance 1) so that q = δᵀΣδ is O(1) in
-target units, which the calibration rule needs (METHOD.md).
+target units, which the calibration rule needs (docs/method.md#calibration).
 """
 
 from __future__ import annotations

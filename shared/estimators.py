@@ -1,6 +1,6 @@
 """Estimators of the data second-moment matrix Σ from calibrated gradients.
 
-What works (../shared/METHOD.md): centre gradients within one client and one
+What works (docs/method.md#estimators): centre gradients within one client and one
 round (all drawn at the same w), pool the centred scatter across clients and
 rounds, divide by the pooled degrees of freedom, and rescale by the calibration
 coefficient n/σ²_total. Cross-client or cross-round centring mixes client
@@ -99,7 +99,7 @@ def gradient_covariance(
     noise_var: float,
     excess_kurtosis: float = 0.0,
 ) -> np.ndarray:
-    """Closed-form covariance of one n-row batch gradient (METHOD.md, derived).
+    """Closed-form covariance of one n-row batch gradient (docs/method.md#gradient-covariance).
 
     Cov g = (1/n)·[σ²Σ + qΣ + Σδδᵀ Σ + κ₄ Σ^{1/2} diag(v²) Σ^{1/2}],
     q = δᵀΣδ, v = Σ^{1/2}δ, for rows x = Σ^{1/2}z with i.i.d. z of excess kurtosis κ₄.

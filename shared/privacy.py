@@ -5,7 +5,7 @@ computing a gradient releases a post-processing of y + noise: a Gaussian
 mechanism with sensitivity 2B (one label replaced) and hence μ-GDP with
 μ = 2B/σ_inj (Dong, Roth & Su 2019). Fresh noise for each of T releases
 composes to μ√T; noise drawn once and reused costs μ once. Features get no
-protection: gradients reveal Σ by design (../shared/METHOD.md).
+protection: gradients reveal Σ by design (docs/method.md#privacy).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_two_level_coefficients():
 
 
 def test_two_level_difference_cancels_delta_and_unknown_natural_noise():
-    """Σ_l a_l·Cov g(σ_l²) = Σ exactly, whatever δ and whatever σ₀² (METHOD.md)."""
+    """Σ_l a_l·Cov g(σ_l²) = Σ exactly, whatever δ and whatever σ₀² (docs/method.md#differential)."""
     d, batch = 6, 16
     sigma = _sigma(d, seed=3)
     rng = np.random.default_rng(4)

@@ -50,7 +50,7 @@ def _whitened_error(empirical: np.ndarray, reference: np.ndarray) -> float:
 # Monte-Carlo tolerance. For K i.i.d. draws of a d-vector with covariance C and light
 # tails, the whitened sample covariance C^{-1/2} Ĉ C^{-1/2} has its eigenvalues in
 # ≈ [(1 − √(d/K))², (1 + √(d/K))²] (Bai–Yin), so ‖C^{-1/2} Ĉ C^{-1/2} − I‖ ≈ 2√(d/K) + d/K
-# (METHOD.md: "whitened error ≈ 2√(d/K) + d/K"). A batch gradient is a mean of n products of
+# (docs/method.md#estimators: "whitened error ≈ 2√(d/K) + d/K"). A batch gradient is a mean of n products of
 # Gaussians, a little heavier-tailed than Gaussian, so we allow twice that: 4√(d/K) + 2d/K
 # ≈ 0.057 for d = 8, K = 40000 (observed 0.02–0.036 over seeds). The terms being tested are
 # far larger: at q = n/4 the Σδδᵀ Σ/n term is ≈ 0.2 in whitened norm and the Rademacher
@@ -95,7 +95,7 @@ def test_calibrated_gradient_covariance_matches_closed_form_rademacher(q):
 
 
 def test_uncalibrated_rademacher_along_an_axis_is_singular():
-    """METHOD.md: σ² = 0, Rademacher x, δ along an axis → the estimate is exactly singular."""
+    """docs/method.md#failures: σ² = 0, Rademacher x, δ along an axis → the estimate is exactly singular."""
     rng = np.random.default_rng(7)
     sigma = _sigma(D, rng)
     delta = _delta_with_q(sigma, 1.0)

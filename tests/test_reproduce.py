@@ -49,7 +49,7 @@ def test_every_verdict_is_computed_from_its_number_and_criterion(quick_run):
             assert check["passed"] == OPS[check["op"]](check["measured"], check["threshold"])
             assert check["op"] in ("<=", ">=") and np.isfinite(check["threshold"])
         assert exp["passed"] == all(c["passed"] for c in exp["checks"])
-    # one verdict per claim (and one for METHOD.md's own checks), each the AND of its checks
+    # one verdict per claim (and one for docs/method.md's own checks), each the AND of its checks
     claims = {c["claim"]: c for c in results["claims"]}
     assert set(claims) == set(CLAIMS)
     for claim, verdict in claims.items():

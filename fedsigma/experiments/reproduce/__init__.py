@@ -1,4 +1,4 @@
-"""``fedsigma reproduce``: test the paper's six claims (../shared/METHOD.md), one
+"""``fedsigma reproduce``: test the paper's six claims (docs/method.md#claims), one
 experiment at a time, and write DIR/report.md, one PNG per experiment and
 DIR/results.json. Every verdict is a measured number against a stated
 criterion; the exit code is 0 when every check passes, 1 otherwise.

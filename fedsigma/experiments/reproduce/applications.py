@@ -124,7 +124,7 @@ def preconditioning(quick: bool, out: Path) -> Experiment:
               reached(runs[k20][0]) - reached(oracle), "<=", 10.0),
         Check("plain FedSGD rounds ÷ rounds with the scenario's defaults (warm-up included)", 6,
               reached(plain) / reached(default), ">=", 10.0),
-        Check(f"rounds with K = {kd} (≈ d) ÷ rounds with K = {k20} (METHOD.md: K ≤ d preconditions badly; "
+        Check(f"rounds with K = {kd} (≈ d) ÷ rounds with K = {k20} (docs/method.md: K ≤ d preconditions badly; "
               "a run that does not reach the target counts its cap)", None,
               reached(runs[kd][0]) / reached(runs[k20][0]), ">=", 3.0),
     ]
@@ -228,7 +228,7 @@ def adversarial(quick: bool, out: Path) -> Experiment:
     ]
     setting = (
         f"d = {d}, κ(Σ) = {fmt(kappa)}, Gaussian rows, natural target noise σ₀² = {natural} (known to the clients, "
-        f"as in the scenarios), w at q = δᵀΣδ = {fmt(q)} from w*. Closed form (METHOD.md): R_adv = s² + "
+        f"as in the scenarios), w at q = δᵀΣδ = {fmt(q)} from w*. Closed form (docs/method.md): R_adv = s² + "
         "2r‖w‖*·s√(2/π) + r²‖w‖*², s² = q + σ₀²; ‖w‖* = ‖w‖₂ for ℓ₂ attacks and ‖w‖_Σ for Mahalanobis attacks. "
         f"From gradients only: Σ̂ from K = {count} calibrated probe gradients at w, and q̂ = ḡᵀΣ̂⁻¹ḡ corrected for "
         f"the inverse-Wishart factor, the noise of ḡ and the δ-bias q/(1 + 2q/n) (`shared.adversarial`): q̂ = "

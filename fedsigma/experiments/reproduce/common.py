@@ -33,7 +33,7 @@ OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
 @dataclass
 class Check:
     """One criterion on one measured number. ``claim`` is the paper claim it
-    tests (1–6, METHOD.md), or None for a check of this project's own maths."""
+    tests (1–6, docs/method.md), or None for a check of this project's own maths."""
 
     name: str
     claim: int | None
@@ -102,7 +102,7 @@ def rng_for(*keys: int) -> np.random.Generator:
 # -- populations and gradient draws -------------------------------------------
 @dataclass(frozen=True)
 class Population:
-    """Rows x = Σ^{1/2} z with i.i.d. unit-variance z (METHOD.md's model)."""
+    """Rows x = Σ^{1/2} z with i.i.d. unit-variance z (docs/method.md's model)."""
 
     sigma: np.ndarray
     inputs: str = "gaussian"

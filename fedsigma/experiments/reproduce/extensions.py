@@ -1,4 +1,4 @@
-"""Experiments 8–9, beyond the paper's abstract (METHOD.md's own derivations):
+"""Experiments 8–9, beyond the paper's abstract (docs/method.md's own derivations):
 differential injection, and the label privacy the injected noise buys."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from shared.estimators import gradient_covariance
 from shared.metrics import sigma_relative_error, sigma_whitened_error
 
 N = 64  # batch size n of experiments 1 and 3
-Q = 1.0  # δᵀΣδ of experiments 1 and 3 (METHOD.md's measured setting)
+Q = 1.0  # δᵀΣδ of experiments 1 and 3 (docs/method.md's measured setting)
 MAX_BLOCKS = 20  # replicates per seed and K, from disjoint blocks of one draw
 METHOD_TABLE = {50: 0.62, 200: 0.34, 500: 0.20, 2000: 0.11, 20000: 0.041}  # d = 20, κ = 10
 
@@ -106,7 +106,7 @@ def sample_size(quick: bool, out: Path) -> Experiment:
     return Experiment(
         1, "Σ̂ error vs the number of gradients K", setting, figure,
         [["d", "κ", "K", "‖Σ̂−Σ‖/‖Σ‖", "Gaussian K-sample", "whitened", "Gaussian whitened",
-          "prediction 2√(d/K)+d/K+2q/n", "METHOD.md"]] + rows,
+          "prediction 2√(d/K)+d/K+2q/n", "docs/method.md"]] + rows,
         checks,
         notes="Gradients recover Σ about as well as K direct Gaussian samples of x would; the whitened error "
               "follows the Marchenko–Pastur edge 2√(d/K) + d/K plus the small δ-bias 2q/n.",
@@ -165,14 +165,14 @@ def distance(quick: bool, out: Path) -> Experiment:
               min(p["error"] / p["bias"] for p in bias_led), ">=", 0.8),
         Check("largest measured/closed-form error where the bias dominates (q ≥ n/2)", 2,
               max(p["error"] / p["bias"] for p in bias_led), "<=", 1.25),
-        Check("largest whitened condition number over all q, n (METHOD.md: ≤ 2, plus K-sample noise)", None,
+        Check("largest whitened condition number over all q, n (docs/method.md: ≤ 2, plus K-sample noise)", None,
               max(p["condition"] for p in points), "<=", 2 * noise_condition(d, count)),
     ]
     setting = (
         f"d = {d}, κ(Σ) = {fmt(kappa)}, Gaussian rows, σ² = n, K = {count} gradients per point, δ along one fixed "
         f"random direction scaled to q = δᵀΣδ ∈ {{0, n/32, n/8, n/2, 2n}} for n ∈ {{{', '.join(map(str, batches))}}}. "
         "q/2 is the excess loss, so q = n/8 at n = 64 is an excess loss of 4 — 32× the optimal loss σ₀²/2 of "
-        "a noise level σ₀ = 0.5. Closed form (METHOD.md): E Σ̂ − Σ = (qΣ + Σδδᵀ Σ)/n, relative size ≤ 2q/n."
+        "a noise level σ₀ = 0.5. Closed form (docs/method.md): E Σ̂ − Σ = (qΣ + Σδδᵀ Σ)/n, relative size ≤ 2q/n."
     )
     return Experiment(
         2, "Far from the optimum: error vs q for several n", setting, figure,

@@ -10,7 +10,7 @@ from pathlib import Path
 from fedsigma.experiments.reproduce.common import Experiment, fmt
 from shared.results import write_json
 
-# The paper's claims as METHOD.md lists them; None = METHOD.md's own derivations.
+# The paper's claims as docs/method.md lists them; None = docs/method.md's own derivations.
 CLAIMS = {
     1: "For linear regression the Hessian equals the data matrix Σ, and gradients alone reveal it.",
     2: "Inject target noise so that the total target-noise variance equals the batch size n: the covariance "
@@ -19,12 +19,12 @@ CLAIMS = {
     4: "Without calibration, recovery can fail by an Ω(1) factor.",
     5: "Robust: noise variance O(n) recovers Σ up to scale.",
     6: "Applications: preconditioning, adversarial-risk estimation, gradient-only (distributed) training.",
-    None: "Beyond the abstract — METHOD.md's own derivations: closed forms, heavy tails, differential "
+    None: "Beyond the abstract — docs/method.md's own derivations: closed forms, heavy tails, differential "
           "injection, label privacy.",
 }
 SHORT = {1: "gradients reveal Σ", 2: "σ² = n gives Σ far from the optimum", 3: "sub-Gaussian operator-norm rates",
          4: "uncalibrated fails by Ω(1)", 5: "O(n) noise recovers Σ up to scale", 6: "applications",
-         None: "METHOD.md derivations"}
+         None: "docs/method.md derivations"}
 
 
 def claim_verdicts(results: list[Experiment]) -> list[dict]:

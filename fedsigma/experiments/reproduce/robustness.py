@@ -93,7 +93,7 @@ def inputs(quick: bool, out: Path) -> Experiment:
               results["rademacher, δ ∥ axis, uncalibrated"]["worst_eigen_ratio"], "<=", 1e-12),
         Check("student-t ν=5 (finite 4th moment), q = 1: error ÷ gaussian error at the same K (still works)", None,
               results["student-t ν=5"]["error"][kmax] / gauss, "<=", 2.0),
-        Check("student-t ν=3 (infinite 4th moment), q = 1: error ÷ gaussian error (METHOD.md: breaks once δ ≠ 0)",
+        Check("student-t ν=3 (infinite 4th moment), q = 1: error ÷ gaussian error (docs/method.md: breaks once δ ≠ 0)",
               None, results["student-t ν=3"]["error"][kmax] / gauss, ">=", 3.0),
     ]
     setting = (
