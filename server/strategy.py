@@ -207,11 +207,6 @@ class GradCovStrategy(Strategy):
         U, s, bulk = parts
         return (U * (s - bulk)) @ U.T + bulk * np.eye(self.dim)
 
-    @property
-    def warming_up(self) -> bool:
-        """True until the first (Σ̂ + λI)⁻¹ refresh."""
-        return self.precondition and self.refreshed_at is None
-
     def clients_restarted(self) -> None:
         """Forget which nodes hold the current P: after a resume their processes are new
         (context.state is gone), so P goes out again with the next message to each."""

@@ -88,11 +88,3 @@ def _jsonable(value):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
-
-def rounds_to_target(rows: list[dict], target: float) -> int | None:
-    """First round whose excess risk is ≤ target, or None."""
-    for row in rows:
-        risk = row.get("excess_risk")
-        if risk is not None and risk <= target:
-            return int(row["round"])
-    return None

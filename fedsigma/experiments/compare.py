@@ -260,19 +260,6 @@ def markdown_table(rows: list[dict], target: float, budget: int, by_seed: dict[s
     return "\n".join(lines) + "\n"
 
 
-def replot(out: Path, title: str, target: float) -> None:
-    """Redraw comparison.png from a comparison folder (its csv and run folders)."""
-    with (out / "comparison.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    best = {}
-    for r in rows:
-        run = out / r["run_dir"]
-        summary = json.loads((run / "summary.json").read_text())
-        best[r["method"]] = Outcome(r["method"], float(r["learning_rate"]), run, summary,
-                                    read_rounds(run / "rounds.csv"), float(r["wall_seconds"]))
-    _plot(best, out / "comparison.png", title, target)
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
