@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 
@@ -47,6 +50,22 @@ def rows_without_seconds(path: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in read_rounds_raw(path)]
 
 
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "FEDSIGMA_TEST_RUN"  # every process a test's CLI run starts inherits MARK=<that run's mark>
+
+
+def run_cli(args: list[str], timeout: float = 100, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, str]:
+    """``fedsigma run ARGS`` in a subprocess whose descendants all carry a fresh marker in
+    their environment; returns (the finished process, the mark) for
+    ``live_processes_with_env(MARK, mark)``: the processes this run left behind, and no others."""
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsigma.cli", "run", *args], capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, MARK: mark}, cwd=cwd,
+    )
+    return done, mark
+
+
 def live_processes_with_env(key: str, value: str) -> list[int]:
     """PIDs of live (not zombie) processes whose environment has ``key=value``:
     every process a CLI run started inherits it, so this finds any it left behind."""
@@ -76,7 +95,7 @@ def wait_for_deployment(out: Path, mark: str, processes: int, timeout: float = 6
         assert time.monotonic() < deadline, "the run was never submitted"
         time.sleep(0.2)
     deadline = time.monotonic() + 20
-    while len(found := live_processes_with_env("FEDSIGMA_TEST_RUN", mark)) < processes:
+    while len(found := live_processes_with_env(MARK, mark)) < processes:
         assert time.monotonic() < deadline, f"{len(found)} of {processes} processes started"
         time.sleep(0.2)
     return found

@@ -13,31 +13,16 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _support import live_processes_with_env, rows_without_seconds, wait_for_deployment
+from _support import MARK, ROOT, live_processes_with_env, rows_without_seconds, run_cli, wait_for_deployment
 
 from fedsigma.engines import processes as fp
 from fedsigma.cli import main
 from fedsigma.engines.deployment import superlink_command, supernode_command
 
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--set", "clients.count=3", "--set", "stop.max_rounds=3"]
-MARK = "FEDSIGMA_TEST_RUN"
-
-
-def run_cli(args: list[str], timeout: float = 100, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, str]:
-    """``fedsigma run ARGS`` in a subprocess whose descendants all carry a marker in their environment."""
-    mark = uuid.uuid4().hex
-    done = subprocess.run(
-        [sys.executable, "-m", "fedsigma.cli", "run", *args], capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, MARK: mark}, cwd=cwd,
-    )
-    return done, mark
-
-
 @pytest.fixture(scope="module")
 def inline_rows(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("inline") / "out"
