@@ -15,7 +15,10 @@ import pytest
 
 from fedsigma.engines.processes import descendants, stop
 
-pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's /proc")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads Linux's /proc"),
+    pytest.mark.slow,  # starts Ray and Flower server processes
+]
 
 LISTEN = "0A"
 

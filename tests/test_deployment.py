@@ -22,6 +22,8 @@ from fedsigma.engines import processes as fp
 from fedsigma.cli import main
 from fedsigma.engines.deployment import superlink_command, supernode_command
 
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
+
 QUICK = ["--set", "clients.count=3", "--set", "stop.max_rounds=3"]
 @pytest.fixture(scope="module")
 def inline_rows(tmp_path_factory) -> list[dict]:

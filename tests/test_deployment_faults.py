@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from _support import live_processes_with_env, read_rounds_raw, wait_for_deployment
 
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "FEDSIGMA_TEST_RUN"
 QUICK = ["--set", "clients.count=3"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from _support import MARK, live_processes_with_env, rows_without_seconds, run_cli
 
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
+
 
 @pytest.mark.timeout(240)
 def test_simulation_matches_inline(tmp_path):

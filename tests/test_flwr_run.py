@@ -12,6 +12,8 @@ import pytest
 
 from fedsigma.engines import processes as fp
 
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
