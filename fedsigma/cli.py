@@ -298,6 +298,9 @@ def resume_target(args) -> tuple[Scenario, str, Path, int]:
     if status in FINISHED:
         raise ScenarioError(f"--resume: the run in {out} has finished ({status}); start a new one with --out")
     method = args.method or meta["method"]
+    if method == "fednl":  # its Hessian estimates live in the clients' context.state, gone with them
+        raise ScenarioError("--resume: fednl's clients keep their learned Hessians in memory, which an "
+                            "interrupted run lost; start a new run with --out")
     if args.scenario is not None:
         scenario = load_scenario(args.scenario, run_overrides(args))
     else:  # the checkpoint's scenario (the method's settings applied), with any --set on top

@@ -31,9 +31,18 @@ class OracleStrategy(GradCovStrategy):
         super().__init__(dim, **kwargs)
         self.preconditioner = ridge_preconditioner(sigma, RIDGE * np.trace(sigma) / dim)
         self.refreshed_at = 0
+        self._sigma = sigma
 
     def _update_preconditioner(self, server_round: int) -> None:
         return
+
+    def _curvature_known(self) -> bool:
+        return True
+
+    def _curvature(self, v: np.ndarray) -> np.ndarray:
+        """Σ·v with the true Σ: stale gradients of clients that sat a round out are carried
+        forward along it (the oracle's ceiling holds under partial participation too)."""
+        return self._sigma @ v
 
 
 class NewtonStrategy(GradCovStrategy):
@@ -74,6 +83,9 @@ class NewtonStrategy(GradCovStrategy):
     def sigma_hat(self) -> np.ndarray | None:
         """The row-weighted mean of the Hessians received so far."""
         return self._hessian_sum / self._rows if self._rows else None
+
+    def _curvature_known(self) -> bool:
+        return self._rows > 0
 
     def _update_preconditioner(self, server_round: int) -> None:
         if self._rows == self._rows_in_use:  # no new Hessian this round

@@ -396,7 +396,7 @@ class GradCovStrategy(Strategy):
         previous one along Σ̂ (shared.robust.ReplyHistory, with exact per-client gradients
         and Σ̂ past its warm-up) is left out and the client's entry dropped. None when no
         client is in the table."""
-        curvature = self._curvature if self.pool.gradients > 0 else None
+        curvature = self._curvature if self._curvature_known() else None
         exact = self.train_gradient == "full" and not self.noisy_targets
         if exact and curvature is not None and self.precondition and self.pool.gradients >= self.warmup_gradients:
             flagged = self.history.inconsistent(pids, grads, self._weights, curvature, lambda v: self.preconditioner @ v)
@@ -409,6 +409,10 @@ class GradCovStrategy(Strategy):
             else:
                 self.table.remove(pid)
         return self.table.estimate(self._weights, curvature) if len(self.table) else None
+
+    def _curvature_known(self) -> bool:
+        """Whether there is a curvature estimate to carry stale gradients along (else SAG)."""
+        return self.pool.gradients > 0
 
     def _curvature(self, v: np.ndarray) -> np.ndarray:
         """Σ̂·v for a vector (d,) or the columns of a matrix (d, m); 0 without a dense Σ̂."""

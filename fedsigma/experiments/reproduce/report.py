@@ -78,6 +78,7 @@ def machine() -> dict:
 def write_report(out: Path, results: list[Experiment], verdicts: list[dict], *, quick: bool, seconds: float) -> None:
     """DIR/report.md (for people) and DIR/results.json (every number and check)."""
     info = machine()
+    seconds = round(seconds, 1)  # the report and results.json show the same number
     mode = "quick" if quick else "full"
     command = "fedsigma reproduce" + (" --quick" if quick else "") + f" --out {_shown(out)}"
     write_json(out / "results.json", dict(
