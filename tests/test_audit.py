@@ -17,7 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from _support import run_inline_scenario, write_scenario
 from client.client_app import app as real_client_app
 from client.policy import NodePolicy
-from fedsigma.engines.inline import run_config_for
+from scenarios.run_config import encode
 from scenarios.federation import build_federation
 from scenarios.loader import load_scenario
 from shared import protocol as p
@@ -198,7 +198,7 @@ class MaliciousServer:
     def __init__(self, tmp_path, node_config: dict | None = None, run_config: dict | None = None) -> None:
         self.scenario = load_scenario(write_scenario(tmp_path / "attack.toml", ATTACK_SCENARIO))
         self.X, self.y = build_federation(self.scenario).client(0)
-        run_config = run_config or run_config_for(self.scenario.model_dump_json(), str(tmp_path), "inline")
+        run_config = run_config or encode(self.scenario, str(tmp_path), "inline")
         node = {"partition-id": 0, "num-partitions": 1, **(node_config or {})}
         self.context = Context(1, 1007, node, RecordDict(), run_config)
         self.sent = 0
@@ -354,7 +354,7 @@ def test_a_nodes_own_unreadable_file_stays_on_the_node(tmp_path):
     secret.write_text(SECRET + "\ndaemon:x:1:1\n")
     scenario = load_scenario(write_scenario(tmp_path / "nodes.toml", 'name = "n"\n[data]\nkind = "nodes"\ndim = 2\n'
                                             "[clients]\ncount = 1\n"))
-    run_config = run_config_for(scenario.model_dump_json(), str(tmp_path), "inline")
+    run_config = encode(scenario, str(tmp_path), "inline")
     node = MaliciousServer(tmp_path, {"data-path": str(secret), "target": "y"}, run_config=run_config)
     reason = node.ask(0, message_type=f"query.{p.HELLO}").error.reason
     assert "node config" in reason and "secret-first-line" not in reason and "daemon:x" not in reason, reason

@@ -13,7 +13,7 @@ import pytest
 from client.policy import settings_admitting
 from fedsigma.engines import processes as fp
 from fedsigma.engines.deployment import format_node_config
-from fedsigma.engines.inline import run_config_for
+from scenarios.run_config import encode
 from scenarios.loader import load_scenario
 
 REFUSED = "SuperExec authentication failed"
@@ -49,8 +49,7 @@ def _federation(tmp: Path, clientapp_secret: str, timeout: float) -> tuple[str |
             start("flower-superexec", "--insecure", "--runtime-api-address", f"127.0.0.1:{node_port}",
                   "--superexec-auth-secret-file", str(tmp / "other"))
             fp.write_connection(home, f"127.0.0.1:{link_port}")
-            config = fp.write_run_config(tmp / "run_config.toml", run_config_for(
-                scenario.model_dump_json(), str(tmp / "out"), "deployment"))
+            config = fp.write_run_config(tmp / "run_config.toml", encode(scenario, str(tmp / "out"), "deployment"))
             try:
                 subprocess.run([fp.flower_command("flwr"), "run", str(fp.stage_app(tmp)), fp.CONNECTION,
                                 "--run-config", str(config), "--stream"],
