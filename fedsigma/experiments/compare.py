@@ -36,7 +36,7 @@ EXTEND = 2  # extra values tried past a grid edge that won
 COLUMNS = (
     "method", "rounds_to_target", "bytes_up_to_target", "bytes_down_to_target",
     "local_gradient_evals_to_target", "final_excess_risk", "wall_seconds", "learning_rate",
-    "local_learning_rate", "tuned_parameter", "tuned_grid", "run_dir",
+    "local_learning_rate", "tuned_parameter", "tuned_value", "tuned_grid", "run_dir",
     "seeds", "rounds_to_target_by_seed", "rounds_to_target_median",
 )
 
@@ -196,6 +196,7 @@ def _row(o: Outcome, scenario, out: Path, values: list[float], seeds: list[int],
         "learning_rate": o.summary["learning_rate"],
         "local_learning_rate": o.summary["local_learning_rate"],
         "tuned_parameter": f"training.{key}",
+        "tuned_value": o.value,
         "tuned_grid": " ".join(f"{v:.4g}" for v in values),
         "run_dir": str(o.out.relative_to(out)),
         "seeds": " ".join(map(str, seeds)),
@@ -235,6 +236,16 @@ def spread(reached: list[int | str | None]) -> str:
     return head + (f" ({_count(low)}–{_count(high)})" if math.isfinite(low) else "")
 
 
+def tuned_label(row: dict) -> str:
+    """What a row's method was tuned at: "η = 0.5", "local η = 0.3" or "memory = 50"."""
+    parameter = row["tuned_parameter"].rsplit(".", 1)[-1]
+    if parameter == "line_search_memory":
+        return f"memory = {int(row['tuned_value'])}"
+    if parameter == "local_learning_rate":
+        return f"local η = {row['local_learning_rate']:.3g}"
+    return f"η = {row['learning_rate']:.3g}"
+
+
 def markdown_table(rows: list[dict], target: float, budget: int, by_seed: dict[str, list] | None = None) -> str:
     """The comparison as a Markdown table (for READMEs and reports); ``by_seed``: each
     method's rounds to target per seed, for the spread column."""
@@ -249,13 +260,11 @@ def markdown_table(rows: list[dict], target: float, budget: int, by_seed: dict[s
         "|---|---|" + ("---|" if seeds_head else "") + "---|---|---|---|---|",
     ]
     for r in rows:
-        local = r["tuned_parameter"].endswith("local_learning_rate")
-        lr = r["local_learning_rate"] if local else r["learning_rate"]
         over = f" {spread(by_seed[r['method']])} |" if seeds_head else ""
         lines.append(
             f"| {r['method']} | {r['rounds_to_target'] or f'> {budget}'} |{over} {num(r['bytes_up_to_target'])} | "
             f"{num(r['bytes_down_to_target'])} | {num(r['local_gradient_evals_to_target'])} | "
-            f"{r['final_excess_risk']:.1e} | {'local η' if local else 'η'} = {lr:.3g} ({r['tuned_grid']}) |"
+            f"{r['final_excess_risk']:.1e} | {tuned_label(r)} ({r['tuned_grid']}) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -305,7 +314,6 @@ def _print(rows: list[dict], console: Console, target: float, budget: int, by_se
                 "grad evals", "final risk", "tuned"):
         table.add_column(col)
     for r in rows:
-        lr = r["local_learning_rate"] if r["tuned_parameter"].endswith("local_learning_rate") else r["learning_rate"]
         table.add_row(
             r["method"], str(r["rounds_to_target"] or "not reached"),
             *((spread(by_seed[r["method"]]),) if several else ()),
@@ -313,6 +321,6 @@ def _print(rows: list[dict], console: Console, target: float, budget: int, by_se
             f"{r['bytes_down_to_target']:,}" if r["bytes_down_to_target"] != "" else "",
             f"{r['local_gradient_evals_to_target']:,}" if r["local_gradient_evals_to_target"] != "" else "",
             f"{r['final_excess_risk']:.2e}",
-            f"{'local η' if r['tuned_parameter'].endswith('local_learning_rate') else 'η'} = {lr:.3g}",
+            tuned_label(r),
         )
     console.print(table)
