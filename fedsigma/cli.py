@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Terminated:
         where = getattr(args, "results", None)
-        err.print(f"[yellow]terminated[/] (SIGTERM): the summary and the rounds finished so far are kept"
+        err.print("[yellow]terminated[/] (SIGTERM): the summary and the rounds finished so far are kept"
                   + (f" in {where}; continue with `fedsigma run --resume {where}`" if where else ""),
                   highlight=False, soft_wrap=True)
         return EXIT_SIGTERM

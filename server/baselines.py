@@ -9,7 +9,7 @@ they are; the ClientApp's local-training handler answers them.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord
 from flwr.serverapp import strategy as flower
 
 from server.strategy import GradCovStrategy

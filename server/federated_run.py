@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import random
 import platform
+import random
 import time
 import warnings
 from importlib import metadata
@@ -26,7 +26,6 @@ from shared.metrics import sigma_relative_error, sigma_whitened_error
 from shared.plots import plot_convergence
 from shared.results import RoundsWriter, write_json
 from shared.threads import single_thread
-
 
 SIGMA_METRICS_MAX_DIM = 1000
 SIGMA_FILES_MAX_DIM = 2000

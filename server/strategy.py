@@ -17,18 +17,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from server.pooling import cohort_replies, log_inconsistent, norm_screen, probe_screen
 from shared import protocol as p
 from shared.calibration import estimator_coefficients
 from shared.cohort import CohortReplies, CohortRequest
 from shared.estimators import CovariancePool
-from shared.lowrank import LowRankPreconditioner, SketchPool
-from server.pooling import cohort_replies, log_inconsistent, norm_screen, probe_screen
 from shared.gradient_table import GradientTable
-from shared.robust import ReplyHistory
 from shared.lbfgs import LBFGSMemory
-from shared.probe_budget import ProbeBudget
-from shared.secant import SecantMemory, gradients_are_exact
+from shared.lowrank import LowRankPreconditioner, SketchPool
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
+from shared.probe_budget import ProbeBudget
+from shared.robust import ReplyHistory
+from shared.secant import SecantMemory, gradients_are_exact
 
 
 class GradCovStrategy(Strategy):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 class SketchPool:
     """Streaming Nyström sketch of the pooled, calibrated probe covariance.
 

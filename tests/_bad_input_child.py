@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fedsigma.cli import main  # noqa: E402
 
-
 CASE_SECONDS_MAX = 30
 
 

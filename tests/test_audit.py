@@ -10,16 +10,16 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from _support import run_inline_scenario, write_scenario
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from _support import run_inline_scenario, write_scenario
 from client.client_app import app as real_client_app
 from client.policy import NodePolicy
-from scenarios.run_config import encode
 from scenarios.federation import build_federation
 from scenarios.loader import load_scenario
+from scenarios.run_config import encode
 from shared import protocol as p
 
 ROUNDS, CLIENTS, DIM, PROBES = 3, 4, 6, 3

@@ -21,6 +21,8 @@ from fedsigma.engines import processes as fp
 from fedsigma.engines.deployment import make_certificates
 from fedsigma.engines.processes import descendants, stop
 
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
+
 ROUNDS = 8
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from _support import MARK, ROOT, live_processes_with_env, rows_without_seconds, run_cli, wait_for_deployment
 
-from fedsigma.engines import processes as fp
 from fedsigma.cli import main
+from fedsigma.engines import processes as fp
 from fedsigma.engines.deployment import superlink_command, supernode_command
 
 pytestmark = pytest.mark.slow  # starts Ray or Flower server processes

@@ -12,8 +12,8 @@ from _support import read_rounds_raw
 from client.client_app import app as client_app
 from fedsigma.cli import main
 from fedsigma.engines.deployment import format_node_config
-from fedsigma.engines.processes import free_port
 from fedsigma.engines.inline import run_inline
+from fedsigma.engines.processes import free_port
 from scenarios.loader import load_scenario
 from scenarios.node_data import NodeDataError, client_rows, node_configs
 from scenarios.run_config import encode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from _support import read_rounds_raw, run_inline_scenario, write_scenario
+
 from client.client_app import app as real_client_app
 from scenarios import federation
 from shared.results import COLUMNS

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _support import read_rounds_raw, write_scenario
+
 from shared.calibration import estimator_coefficients
 from shared.data import random_rotation, spectrum
 from shared.estimators import CovariancePool, centred_scatter, gradient_covariance, symmetric_sqrt

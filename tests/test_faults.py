@@ -12,9 +12,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.client_app import app as client_app
 from client.faults import COUNT_FACTOR, FLOOD_PROBES, SCALE, corrupt_array, plan_for
 from fedsigma.engines.inline import InlineGrid
-from scenarios.run_config import encode
 from scenarios.loader import ScenarioError, validate
 from scenarios.node_data import node_configs
+from scenarios.run_config import encode
 from scenarios.schema import BYZANTINE_KINDS
 from server.strategy import GradCovStrategy
 from shared import protocol as p

@@ -190,6 +190,7 @@ def _interrupted_run(tmp_path: Path, settings: list[str] = (*LONG, "--set", "sto
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # starts Ray
 def test_an_inline_run_resumed_on_the_simulation_engine_matches(tmp_path):
     """The checkpoint travels through Flower's run config (``resume``) and the staged
     app (the same code fingerprint): an inline run stopped after round 3 and resumed on

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from shared.privacy import (
-    compose, delta_for_epsilon, epsilon_for_delta, gaussian_mechanism_mu, label_mu, max_advantage,
+    compose,
+    delta_for_epsilon,
+    epsilon_for_delta,
+    gaussian_mechanism_mu,
+    label_mu,
+    max_advantage,
 )
 
 

@@ -14,7 +14,6 @@ def test_split_half_error_tracks_the_true_whitened_error(probes):
     d = 50
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     vals = np.geomspace(1.0, 1e-3, d)
-    sigma = (q * vals) @ q.T
     G = rng.standard_normal((probes, d)) @ (q * np.sqrt(vals)).T
     half = probes // 2
     a, b, pooled = G[:half].T @ G[:half] / half, G[half:].T @ G[half:] / half, G.T @ G / probes

@@ -21,6 +21,8 @@ from _support import rows_without_seconds
 
 from fedsigma.engines.processes import free_port
 
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
+
 RAY = str(Path(sys.executable).parent / "ray")
 COMMON = ["--set", "clients.count=4", "--set", "stop.max_rounds=3", "--set", "stop.target=1e-300"]
 

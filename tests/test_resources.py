@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from fedsigma.engines.dispatch import check_size, size_report
 from fedsigma.outdir import results_folder
 from scenarios.loader import ScenarioError, bundled_names, load_scenario
-from fedsigma.engines.dispatch import check_size, size_report
 from scenarios.resources import ResourceError, check_resources, estimate, machine_memory
 from server.methods import METHODS
 

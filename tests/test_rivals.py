@@ -5,10 +5,10 @@ import csv
 import json
 
 import pytest
+from flwr.app import ConfigRecord
 
 from client.policy import NodePolicy, PolicyError, check_round
 from fedsigma.cli import main
-from flwr.app import ConfigRecord
 from shared import protocol as p
 
 QUICK = ["--set", "stop.max_rounds=120"]

@@ -13,8 +13,10 @@ import pytest
 from client.policy import settings_admitting
 from fedsigma.engines import processes as fp
 from fedsigma.engines.deployment import format_node_config
-from scenarios.run_config import encode
 from scenarios.loader import load_scenario
+from scenarios.run_config import encode
+
+pytestmark = pytest.mark.slow  # starts Ray or Flower server processes
 
 REFUSED = "SuperExec authentication failed"
 

@@ -13,14 +13,23 @@ import numpy as np
 
 from fedsigma.engines.dispatch import run_engine
 from fedsigma.experiments.reproduce.common import (
-    Check, Experiment, batch_gradients, calibration_coefficient, fmt, new_figure, offset_with_excess, rng_for,
-    save_figure, sigma_hat, style, synthetic_population,
+    Check,
+    Experiment,
+    batch_gradients,
+    calibration_coefficient,
+    fmt,
+    new_figure,
+    offset_with_excess,
+    rng_for,
+    save_figure,
+    sigma_hat,
+    style,
+    synthetic_population,
 )
+from scenarios.loader import load_scenario
 from shared.adversarial import ATTACKS, adversarial_risk, dual_norm, excess_from_gradients, worst_perturbation
 from shared.data import sample_unit_inputs
-from scenarios.loader import load_scenario
 from shared.results import read_rounds
-
 
 
 @contextmanager

@@ -16,9 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
-import numpy as np  # noqa: E402
 
 from shared.calibration import estimator_coefficients  # noqa: E402
 from shared.data import excess_kurtosis, random_rotation, sample_unit_inputs, spectrum  # noqa: E402

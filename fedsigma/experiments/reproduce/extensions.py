@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from fedsigma.experiments.reproduce.common import (
-    Check, Experiment, batch_gradients, calibration_coefficient, fmt, new_figure, offset_with_excess, rng_for,
-    save_figure, sigma_hat, style, synthetic_population,
+    Check,
+    Experiment,
+    batch_gradients,
+    calibration_coefficient,
+    fmt,
+    new_figure,
+    offset_with_excess,
+    rng_for,
+    save_figure,
+    sigma_hat,
+    style,
+    synthetic_population,
 )
 from scenarios.loader import load_scenario
 from shared.calibration import estimator_coefficients, injected_variance
@@ -49,7 +59,7 @@ def differential(quick: bool, out: Path) -> Experiment:
     qs = [p["q"] for p in points if p["q"] > 0]
     ax1.plot(qs, [p["plain"] for p in points if p["q"] > 0], "o-", label="plain calibration (σ² = n)")
     ax1.plot(qs, [p["plain_bias"] for p in points if p["q"] > 0], "k:", label="plain: closed-form bias")
-    ax1.plot(qs, [p["differential"] for p in points if p["q"] > 0], "s-", label=f"differential (n/4 and n)")
+    ax1.plot(qs, [p["differential"] for p in points if p["q"] > 0], "s-", label="differential (n/4 and n)")
     ax1.axhline(points[0]["plain"], color="tab:blue", ls="--", lw=1, label="plain at q = 0")
     style(ax1, "q = δᵀΣδ", "‖Σ̂ − Σ‖ / ‖Σ‖", f"error vs distance (n = {n})")
     ax1.legend(fontsize=8)

@@ -8,9 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from fedsigma.experiments.reproduce.common import (
-    Check, Experiment, batch_gradients, calibration_coefficient, fmt, gaussian_reference,
-    new_figure, offset_with_excess, rng_for, save_figure, sigma_hat, style, synthetic_population,
-    whitened_condition, whitened_prediction,
+    Check,
+    Experiment,
+    batch_gradients,
+    calibration_coefficient,
+    fmt,
+    gaussian_reference,
+    new_figure,
+    offset_with_excess,
+    rng_for,
+    save_figure,
+    sigma_hat,
+    style,
+    synthetic_population,
+    whitened_condition,
+    whitened_prediction,
 )
 from shared.estimators import gradient_covariance
 from shared.metrics import sigma_relative_error, sigma_whitened_error

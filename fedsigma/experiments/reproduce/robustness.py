@@ -7,8 +7,21 @@ from pathlib import Path
 import numpy as np
 
 from fedsigma.experiments.reproduce.common import (
-    CHUNK_FLOATS, Check, Experiment, batch_gradients, calibration_coefficient, fmt, gaussian_reference, new_figure,
-    offset_with_excess, rng_for, save_figure, sigma_hat, style, synthetic_population, two_legends,
+    CHUNK_FLOATS,
+    Check,
+    Experiment,
+    batch_gradients,
+    calibration_coefficient,
+    fmt,
+    gaussian_reference,
+    new_figure,
+    offset_with_excess,
+    rng_for,
+    save_figure,
+    sigma_hat,
+    style,
+    synthetic_population,
+    two_legends,
     whitened_prediction,
 )
 from shared.calibration import estimator_coefficients, finite_population_factor, injected_variance
