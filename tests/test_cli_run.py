@@ -60,7 +60,8 @@ def test_ill_conditioned_method_within_60_rounds_and_fedsgd_over_100x(tmp_path):
     assert reached is not None and reached <= 60
     slow = tmp_path / "fedsgd"
     budget = 100 * reached
-    assert main(["run", "ill_conditioned", "--out", str(slow), "--set", "preconditioner.enabled=false",
+    # plain FedSGD: P = I and no memory of past steps (with the memory it is federated CG, fedsgd-memory)
+    assert main(["run", "ill_conditioned", "--out", str(slow), "--method", "fedsgd",
                  "--set", f"stop.max_rounds={budget}"]) == 0
     summary = json.loads((slow / "summary.json").read_text())
     assert summary["rounds_run"] == budget and summary["rounds_to_target"] is None
