@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from server.sampling import sample_positions
 from shared import fednl
 from shared import protocol as p
 
@@ -96,12 +97,9 @@ class FedNLStrategy(Strategy):
 
     def sample(self, grid: Grid, server_round: int) -> list[int]:
         """A seeded draw of positions in the grid's node list, plus every node not yet heard from."""
-        nodes = list(grid.get_node_ids())
-        if len(nodes) < self.min_available_nodes:
-            raise RuntimeError(f"{len(nodes)} nodes connected, {self.min_available_nodes} required")
-        k = max(1, int(round(self.fraction_train * len(nodes))))
-        rng = np.random.default_rng([self.seed, server_round])
-        chosen = set(np.sort(rng.choice(len(nodes), k, replace=False)).tolist())
+        nodes, positions = sample_positions(grid, self.fraction_train, self.seed, server_round,
+                                            self.min_available_nodes)
+        chosen = set(positions)
         return [node for i, node in enumerate(nodes) if i in chosen or node not in self._heard_nodes]
 
     def configure_train(

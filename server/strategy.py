@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from server.pooling import cohort_replies, log_inconsistent, norm_screen, probe_screen
+from server.sampling import sample_positions
 from shared import protocol as p
 from shared.calibration import estimator_coefficients
 from shared.cohort import CohortReplies, CohortRequest
@@ -222,12 +223,9 @@ class GradCovStrategy(Strategy):
     # -- one round ---------------------------------------------------------
     def sample(self, grid: Grid, server_round: int) -> list[int]:
         """Nodes for this round: a seeded draw of positions in the grid's node list."""
-        nodes = list(grid.get_node_ids())
-        if len(nodes) < self.min_available_nodes:
-            raise RuntimeError(f"{len(nodes)} nodes connected, {self.min_available_nodes} required")
-        k = max(1, int(round(self.fraction_train * len(nodes))))
-        rng = np.random.default_rng([self.seed, server_round])
-        return [nodes[i] for i in np.sort(rng.choice(len(nodes), k, replace=False))]
+        nodes, positions = sample_positions(grid, self.fraction_train, self.seed, server_round,
+                                            self.min_available_nodes)
+        return [nodes[i] for i in positions]
 
     def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """The protocol the clients follow this round, on top of the caller's config."""
