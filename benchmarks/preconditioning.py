@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from rich.console import Console
 from rich.table import Table
 
@@ -121,14 +123,9 @@ def probes_tradeoff(name: str, probes: list[int], seeds: list[int], plot: Path, 
 
 
 def _plot_tradeoff(name: str, medians: dict[int, tuple[float, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     ks = sorted(medians)
-    fig, left = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    left = fig.subplots()
     left.plot(ks, [medians[k][0] for k in ks], "o-", color="tab:blue")
     left.set_xscale("log", base=2)
     left.set_xticks(ks, [str(k) for k in ks])
@@ -142,7 +139,6 @@ def _plot_tradeoff(name: str, medians: dict[int, tuple[float, float]], path: Pat
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 ABLATION = {  # scenario name → overrides

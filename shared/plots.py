@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from shared.results import read_rounds  # noqa: E402
+from shared.results import read_rounds
 
 
 def plot_convergence(
@@ -29,7 +26,8 @@ def plot_convergence(
     no round has a Σ̂ error (say why: the method estimates none, or Σ is unknown).
     """
     rows = read_rounds(rounds_csv)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))  # no pyplot: no backend to pick, no global figure list to close
+    ax1, ax2 = fig.subplots(1, 2)
     x = [r["round"] for r in rows]
 
     def series(key):
@@ -75,4 +73,3 @@ def plot_convergence(
             ax.set_xlim(0, max(x) + 1)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)

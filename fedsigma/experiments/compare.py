@@ -16,21 +16,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from fedsigma.engines.dispatch import check_size, run_engine  # noqa: E402
-from fedsigma.progress import RoundsProgress  # noqa: E402
-from scenarios.loader import ScenarioError, load_scenario, updated  # noqa: E402
-from scenarios.schema import Scenario  # noqa: E402
-from server.build import oracle_for  # noqa: E402
-from server.methods import METHODS, resolve_learning_rates  # noqa: E402
-from shared.results import read_rounds  # noqa: E402
+from fedsigma.engines.dispatch import check_size, run_engine
+from fedsigma.progress import RoundsProgress
+from scenarios.loader import ScenarioError, load_scenario, updated
+from scenarios.schema import Scenario
+from server.build import oracle_for
+from server.methods import METHODS, resolve_learning_rates
+from shared.results import read_rounds
 
 EXTEND = 2  # extra values tried past a grid edge that won
 COLUMNS = (
@@ -278,7 +275,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> None:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig = Figure(figsize=(13, 4.8))
+    ax1, ax2 = fig.subplots(1, 2)
     for method, o in best.items():
         pts = [(r["round"], r["bytes_up"], r["excess_risk"]) for r in o.rows if r["excess_risk"] is not None]
         if not pts:
@@ -304,7 +302,6 @@ def _plot(best: dict[str, Outcome], path: Path, title: str, target: float) -> No
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _print(rows: list[dict], console: Console, target: float, budget: int, by_seed: dict[str, list]) -> None:

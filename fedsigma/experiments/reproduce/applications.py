@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 
 from fedsigma.engines.dispatch import run_engine
 from fedsigma.experiments.reproduce.common import (
@@ -175,9 +176,7 @@ def _rounds_cell(summary: dict) -> str:
 
 
 def matplotlib_colours(count: int) -> list:
-    import matplotlib
-
-    return [matplotlib.colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, count)]
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, count)]
 
 
 # -- 7 ------------------------------------------------------------------------------

@@ -12,17 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from shared.calibration import estimator_coefficients  # noqa: E402
-from shared.data import excess_kurtosis, random_rotation, sample_unit_inputs, spectrum  # noqa: E402
-from shared.estimators import centred_scatter, symmetric_sqrt  # noqa: E402
+from shared.calibration import estimator_coefficients
+from shared.data import excess_kurtosis, random_rotation, sample_unit_inputs, spectrum
+from shared.estimators import centred_scatter, symmetric_sqrt
 
 SEED = 20260118  # every experiment's RNG derives from this and its own number
 CHUNK_FLOATS = 2_000_000  # floats per vectorised block of batches (≈ 16 MB)
@@ -194,15 +191,14 @@ def whitened_condition(estimate: np.ndarray, sigma: np.ndarray) -> float:
 
 # -- figures --------------------------------------------------------------------
 def new_figure(ncols: int = 2, nrows: int = 1, width: float = 5.6, height: float = 4.3):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
-    return fig, axes.ravel()
+    fig = Figure(figsize=(width * ncols, height * nrows))  # object API: no pyplot state, no backend choice
+    return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
 
 
 def save_figure(fig, out_dir: Path, name: str, title: str) -> str:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_dir / name, dpi=100)
-    plt.close(fig)
     return name
 
 
