@@ -65,15 +65,15 @@ def main() -> None:
             strategy = strategy_for(scenario)[0]
             coef = estimator_coefficients(strategy.noise_levels, strategy.batch_size, 200, strategy.natural_var)
             for _ in range(20):  # one round of probes from 20 clients
-                strategy.pool.add(rng.standard_normal((1, strategy.probes, d)), coef)
+                strategy.curvature.pool.add(rng.standard_normal((1, strategy.probes, d)), coef)
             state = {"arrays": {"w": np.zeros(d)}, "strategy": strategy, "rows": [{}] * 50, "counters": {}}
             meta = {"round": 1, "scenario": scenario.model_dump_json(), "method": "gradcov", "code": "bench"}
             save = timed(lambda: checkpoint.save(out, meta, state))
             size = (out / checkpoint.CHECKPOINT).stat().st_size / 1e6
             if rank:
-                refresh = timed(lambda: strategy.pool.factors(rank))
+                refresh = timed(lambda: strategy.curvature.pool.factors(rank))
             else:
-                sigma = strategy.pool.estimate()
+                sigma = strategy.curvature.pool.estimate()
                 refresh = timed(lambda: ridge_preconditioner(sigma, default_ridge(sigma, 1e-3)))
             table.add_row(str(d), f"rank {rank}" if rank else "dense", f"{size:.2f}", f"{save:.4f}",
                           f"{refresh:.4f}", f"{save / refresh:.2f}")

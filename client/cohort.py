@@ -15,7 +15,7 @@ never a Python object per client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -64,19 +64,9 @@ class CohortData:
 
 
 def round_settings(config) -> SimpleNamespace:
-    """The protocol values of a round's config record (:mod:`shared.protocol` keys)."""
-    return SimpleNamespace(
-        server_round=int(config[p.ROUND]),
-        batch_size=int(config[p.BATCH_SIZE]),
-        probes=int(config[p.PROBES]),
-        noise_levels=[float(c) for c in config[p.NOISE_LEVELS]],
-        natural_var=float(config[p.NATURAL_VAR]),
-        label_clip=float(config.get(p.LABEL_CLIP, 0.0) or 0.0),
-        train_gradient=str(config[p.TRAIN_GRADIENT]),
-        noisy_targets=bool(config[p.NOISY_TARGETS]),
-        local_steps=int(config[p.LOCAL_STEPS]),
-        local_learning_rate=float(config[p.LOCAL_LR]),
-    )
+    """The round's :class:`shared.protocol.RoundConfig`, typed and checked (a ValueError
+    names a missing or mistyped key), as a namespace the cohort code can annotate."""
+    return SimpleNamespace(**asdict(p.RoundConfig.from_config(config)))
 
 
 def cohort_round(

@@ -15,9 +15,10 @@ from scenarios.faults import untrusted_training
 from scenarios.federation import Federation, build_federation
 from scenarios.loader import ScenarioError
 from scenarios.schema import Scenario
-from server.baselines import NewtonStrategy, OracleStrategy, flower_strategy, local_training_config
+from server.baselines import flower_strategy, local_training_config
 from server.fednl import FedNLStrategy
 from server.strategy import GradCovStrategy
+from shared.curvature import HessianCurvature, OracleCurvature
 from shared.metrics import LeastSquaresOracle
 
 
@@ -109,9 +110,12 @@ def oracle_preconditioned(scenario: Scenario, lr: float, local_lr: float, oracle
     """The GradCov round with P from the true Σ (only a simulation knows it)."""
     if oracle is None:
         raise ScenarioError("method: 'oracle' needs the true Σ, which only a simulation knows")
-    return OracleStrategy(scenario.dim(), oracle.sigma, **_common(scenario, lr, local_lr)), ConfigRecord()
+    strategy = GradCovStrategy(scenario.dim(), **_common(scenario, lr, local_lr), curvature=OracleCurvature(oracle.sigma))
+    return strategy, ConfigRecord()
 
 
 def newton(scenario: Scenario, lr: float, local_lr: float, oracle=None):
     """The GradCov round with P from the clients' Hessians, sent once."""
-    return NewtonStrategy(scenario.dim(), **_common(scenario, lr, local_lr)), ConfigRecord()
+    strategy = GradCovStrategy(scenario.dim(), **_common(scenario, lr, local_lr),
+                               curvature=HessianCurvature(scenario.dim()))
+    return strategy, ConfigRecord()

@@ -100,7 +100,7 @@ def run_federation(
                     "loss": None if oracle is None else oracle.loss(w),
                     "sigma_rel_error": None if sigma_hat is None else sigma_relative_error(sigma_hat, oracle.sigma),
                     "sigma_whitened_error": None if sigma_hat is None else sigma_whitened_error(sigma_hat, oracle.sigma),
-                    "gradients_pooled": pool.gradients if (pool := getattr(strategy, "pool", None)) else None,
+                    "gradients_pooled": strategy.curvature.gradients if isinstance(strategy, GradCovStrategy) else None,
                     "bytes_up": view.bytes_up,
                     "bytes_down": view.bytes_down,
                     "clients_replied": replied,

@@ -7,7 +7,6 @@ over all clients at once.
 
 from __future__ import annotations
 
-import copy
 from logging import WARNING
 
 import numpy as np
@@ -16,11 +15,7 @@ from flwr.supercore import log
 
 from shared import protocol as p
 from shared.cohort import CohortReplies
-from shared.estimators import CovariancePool
-from shared.preconditioner import default_ridge, ridge_preconditioner
-from shared.robust import NORM_FACTOR, near_median, scatter_sizes, typical
-
-WHITEN_MAX_DIM = 2000  # above, P·scatter per client costs more than the round: plain traces
+from shared.robust import NORM_FACTOR, near_median, typical
 
 
 def cohort_replies(replies: list[Message]) -> CohortReplies:
@@ -38,31 +33,24 @@ def cohort_replies(replies: list[Message]) -> CohortReplies:
     )
 
 
-def probe_screen(
-    pids: list[int], probes: np.ndarray, coefficients: np.ndarray, pool, ridge_fraction: float
-) -> np.ndarray:
-    """Which replies' probes may join the pool: those whose size, tr(P·Σ̂_i) with P
-    from the pool plus this whole round, is typical of the round (shared.robust).
+def probe_screen(pids: list[int], sizes: np.ndarray | None) -> np.ndarray:
+    """Which replies' probes may join the pool: those whose size (each client's
+    tr(P·Σ̂_i), :meth:`shared.curvature.ProbeCurvature.probe_sizes`) is typical of the
+    round (shared.robust.typical), one log line per left-out client.
 
     Parameters
     ----------
     pids : list of int
         The K replies' partition ids (for the log).
-    probes : ndarray of shape (K, levels, k, d)
-        The probes of K validated replies of one round.
-    coefficients : ndarray of shape (K, levels)
-        Each reply's calibration coefficients.
-    pool : CovariancePool or SketchPool
-        The strategy's pool (not changed). A dense pool up to WHITEN_MAX_DIM gives P;
-        otherwise the plain trace is measured.
-    ridge_fraction : float
-        λ of P as a fraction of tr(Σ̂)/d.
+    sizes : ndarray of shape (K,) or None
+        Their probe sizes; None (no probes this round) keeps every reply.
 
     Returns
     -------
     ndarray of bool, shape (K,)
     """
-    sizes = scatter_sizes(probes, coefficients, _whitener(pool, probes, coefficients, ridge_fraction))
+    if sizes is None:
+        return np.ones(len(pids), dtype=bool)
     keep = typical(sizes)
     if not keep.all():
         median = float(np.median(sizes))
@@ -70,24 +58,6 @@ def probe_screen(
             log(WARNING, "probes of partition %d left out of Σ̂: their size is %.3g× the round's median",
                 pid, size / median)
     return keep
-
-
-def _whitener(pool, probes: np.ndarray, coefficients: np.ndarray, ridge_fraction: float) -> np.ndarray | None:
-    """P = (Σ̂ + λI)⁻¹ of the pool with every client of this round in (one lying client
-    moves it by 1/K), or None (low-rank pool, d above WHITEN_MAX_DIM, no usable Σ̂)."""
-    if not isinstance(pool, CovariancePool) or pool.dim > WHITEN_MAX_DIM:
-        return None
-    trial = copy.deepcopy(pool)
-    for probe, coef in zip(probes, coefficients):
-        trial.add(probe, coef)
-    sigma = trial.estimate()
-    lam = default_ridge(sigma, ridge_fraction) if sigma is not None else 0.0
-    if not lam > 0:
-        return None
-    try:
-        return ridge_preconditioner(sigma, lam)
-    except ValueError:
-        return None
 
 
 def norm_screen(pids: list[int], grads: np.ndarray) -> np.ndarray:

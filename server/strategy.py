@@ -20,95 +20,129 @@ from flwr.supercore import log
 from server.pooling import cohort_replies, log_inconsistent, norm_screen, probe_screen
 from server.sampling import sample_positions
 from shared import protocol as p
-from shared.calibration import estimator_coefficients
 from shared.cohort import CohortReplies, CohortRequest
-from shared.estimators import CovariancePool
+from shared.curvature import CurvatureSource, ProbeCurvature
 from shared.gradient_table import GradientTable
 from shared.lbfgs import LBFGSMemory
-from shared.lowrank import LowRankPreconditioner, SketchPool
-from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
-from shared.probe_budget import ProbeBudget
+from shared.lowrank import LowRankPreconditioner
 from shared.robust import ReplyHistory
 from shared.secant import SecantMemory, gradients_are_exact
 
 
 class GradCovStrategy(Strategy):
-    """Gradient-covariance preconditioned FedSGD.
+    """Gradient-covariance preconditioned FedSGD, as a Flower Message-API strategy.
 
     Each round the sampled clients return ``probes`` calibrated mini-batch
-    gradients at w (per noise level) and a training gradient. The server pools
-    the within-client centred probe scatter into Σ̂ (rescaled by n/σ²_total),
-    refreshes P = (Σ̂ + λI)⁻¹ every ``refresh_every`` rounds once
-    ``warmup_gradients`` probes are pooled (before that P = I/λ̂_max, plain GD at
-    a safe step), and steps w ← w − η·P·ḡ with ḡ the row-weighted mean gradient.
+    gradients at w (per noise level) and a training gradient. The curvature
+    source (by default :class:`shared.curvature.ProbeCurvature`) pools the
+    within-client centred probe scatter into Σ̂ (rescaled by n/σ²_total) and
+    keeps P = (Σ̂ + λI)⁻¹ (before its warm-up, P = I/λ̂_max: plain GD at a safe
+    step). The strategy keeps the Flower plumbing and the step rule:
+    w ← w − η·P·ĝ, with ĝ the whole federation's gradient (this round's replies
+    plus every other client's latest one carried along Σ̂,
+    :class:`shared.gradient_table.GradientTable`), corrected over past steps by
+    a secant (or L-BFGS) memory when the gradients are exact.
 
     Parameters
     ----------
     dim : int
         d, the length of the parameter vector ``w``.
-    learning_rate : float
-        η, the server step size (applied to P·ḡ).
-    fraction_train : float
+    learning_rate : float, default 0.5
+        η, the server step size (applied to P·ĝ; a cap on the memory's step).
+    fraction_train : float, default 1.0
         Fraction of connected nodes sampled per round (at least one).
-    batch_size, probes : int
-        n rows per probe batch; probe gradients per client, round and level.
-        probes = 0 asks for no probes (plain FedSGD when ``precondition`` is off).
-    calibration : float
-        c: clients make the total target-noise variance c·n.
-    natural_var : float
-        σ₀² the clients subtract from the injected variance (0 if unknown).
-    differential_low : float or None
+    min_available_nodes : int, default 1
+        Nodes to wait for before the first round.
+    batch_size : int, default 64
+        n, the rows in one probe batch (and in a training mini-batch).
+    probes : int, default 4
+        Probe gradients per client, round and noise level; 0 asks for none
+        (plain FedSGD when ``precondition`` is off).
+    calibration : float, default 1.0
+        c: clients make the total target-noise variance c·n (squared target units).
+    natural_var : float, default 0.0
+        σ₀², the natural target-noise variance the clients subtract (0 if unknown).
+    differential_low : float or None, default None
         If set, differential injection: a second level at differential_low·c·n;
         Σ̂ is the scaled difference of the two covariances.
-    precondition : bool
+    precondition : bool, default True
         False: P = I always (FedSGD).
-    ridge : float or None
-        λ; None → ridge_fraction·tr(Σ̂)/d at each refresh.
-    train_gradient : {"full", "minibatch"}
-    noisy_targets : bool
+    ridge : float or None, default None
+        λ; None → ``ridge_fraction``·tr(Σ̂)/d at each refresh.
+    ridge_fraction : float, default 1e-3
+        The relative ridge when ``ridge`` is None.
+    refresh_every : int, default 1
+        Rounds between rebuilds of P once warmed up.
+    warmup_gradients : int or None, default None
+        Probes pooled before the first (Σ̂ + λI)⁻¹; None: 10·(rank or d).
+    train_gradient : {"full", "minibatch"}, default "full"
+        The clients' training gradient: all local rows, or one n-row batch.
+    noisy_targets : bool, default False
         Clients train on calibrated noisy targets.
-    local_steps : int
+    local_steps : int, default 0
         0: clients send gradients. > 0: clients take that many P-preconditioned
         steps with ``local_learning_rate`` and send the update, which the server adds.
-    seed : int
-        Seeds client sampling: the same seed samples the same positions in the
-        grid's node list every run.
-    line_search_memory : int
-        With exact gradients (every sampled client replied, full local data,
-        clean targets), move each round to the exact minimiser over the last
-        this many steps, and size the next step along the previous one, from the
-        gradient changes the steps caused (:class:`shared.secant.SecantMemory`;
-        no extra messages). While the rounds so far fit in the memory and P is
-        fixed, this is preconditioned conjugate gradients; with P = I
-        (``precondition`` off) it is federated CG, the ``fedsgd-memory`` rival.
-        0 = plain steps w − η·P·ḡ.
-    step_rule : {"secant", "lbfgs"}
-        What the memory of the last ``line_search_memory`` steps does: "secant" as
-        above; "lbfgs" steps along the L-BFGS two-loop direction H·ḡ with a unit step
-        (:class:`shared.lbfgs.LBFGSMemory`; the first step, before any curvature
-        pair, is w − η·P·ḡ) — the ``fedlbfgs`` rival.
-    memory_on_inexact : bool
-        Use the memory even when ḡ is not exact (sampled clients, dropouts,
-        mini-batches, noisy targets), on whatever estimate of it there is: CG and
-        L-BFGS assume exact gradients, and the rivals run that way anyway, to show
-        what happens. gradcov keeps it off there.
-    probe_target : float or None
-        The adaptive probe budget (:class:`shared.probe_budget.ProbeBudget`, dense
-        Σ̂ only): stop asking for probes once one more round of them is predicted to
-        save no round towards this relative excess risk, judged from Σ̂'s split-half
-        whitened error and ḡᵀPḡ relative to round 1's. None: probe every round (up
-        to ``max_gradients``).
-    rank : int or None
-        None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge — a Nyström
+    local_learning_rate : float, default 0.5
+        The clients' local step size (``local_steps`` > 0).
+    seed : int, default 0
+        Seeds client sampling (the same positions in the grid's node list every
+        run) and the low-rank sketch.
+    line_search_memory : int, default 20
+        With exact gradients (full local data, clean targets, every client of the
+        table current), move each round to the exact minimiser over the last this
+        many steps, and size the next step along the previous one, from the
+        gradient changes the steps caused (:class:`shared.secant.SecantMemory`; no
+        extra messages). While the rounds so far fit in the memory and P is fixed,
+        this is preconditioned conjugate gradients; with P = I (``precondition``
+        off) it is federated CG, the ``fedsgd-memory`` rival. 0 = plain steps.
+    rank : int or None, default None
+        None: dense Σ̂ and P (d × d). An int r: low-rank-plus-ridge, a Nyström
         sketch of 2r + ``sketch_oversample`` columns and P applied with the
         Woodbury identity, never forming a d × d matrix (for large d).
-    max_gradients : int or None
+    sketch_oversample : int, default 10
+        Extra sketch columns beyond 2r.
+    max_gradients : int or None, default None
         Stop asking for probes once this many are pooled (saves uplink bytes);
         None probes every round.
-    label_clip : float or None
+    step_rule : {"secant", "lbfgs"}, default "secant"
+        What the memory of the last ``line_search_memory`` steps does: "secant" as
+        above; "lbfgs" steps along the L-BFGS two-loop direction H·ĝ with a unit
+        step (:class:`shared.lbfgs.LBFGSMemory`; the first step, before any
+        curvature pair, is w − η·P·ĝ), the ``fedlbfgs`` rival.
+    memory_on_inexact : bool, default False
+        Use the memory even when ĝ is not exact (sampled clients, dropouts,
+        mini-batches, noisy targets): CG and L-BFGS assume exact gradients, and the
+        rivals run that way anyway, to show what happens. gradcov keeps it off.
+    probe_target : float or None, default None
+        The adaptive probe budget (dense Σ̂ only): stop asking for probes once one
+        more round of them is predicted to save no round towards this relative
+        excess risk (:class:`shared.probe_budget.ProbeBudget`). None: probe every
+        round (up to ``max_gradients``).
+    label_clip : float or None, default None
         B: clients clip probe targets to [−B, B] before adding noise, so each
         probe is a μ = 2B/σ_inj Gaussian mechanism on the labels. The training
         gradient keeps the raw targets. None: no clipping.
+    curvature : CurvatureSource or None, default None
+        Where P comes from (:mod:`shared.curvature`). None builds a
+        :class:`~shared.curvature.ProbeCurvature` from the parameters above;
+        :class:`~shared.curvature.OracleCurvature` (the true Σ) and
+        :class:`~shared.curvature.HessianCurvature` (Newton) make the baselines.
+
+    Examples
+    --------
+    A plain Flower ServerApp, with this project's ClientApp on the other side:
+
+    >>> import numpy as np
+    >>> from flwr.app import Array, ArrayRecord, Context
+    >>> from flwr.serverapp import Grid, ServerApp
+    >>> from server.strategy import GradCovStrategy
+    >>> app = ServerApp()
+    >>> @app.main()
+    ... def main(grid: Grid, context: Context) -> None:
+    ...     strategy = GradCovStrategy(dim=20, batch_size=32, probes=8, warmup_gradients=160)
+    ...     result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": Array(np.zeros(20))}),
+    ...                             num_rounds=5)
+    ...     print(result.arrays["w"].numpy().shape)
     """
 
     def __init__(
@@ -141,72 +175,63 @@ class GradCovStrategy(Strategy):
         memory_on_inexact: bool = False,
         probe_target: float | None = None,
         label_clip: float | None = None,
+        curvature: CurvatureSource | None = None,
     ) -> None:
+        if step_rule not in ("secant", "lbfgs"):
+            raise ValueError(f"step_rule must be 'secant' or 'lbfgs', got {step_rule!r}")
         self.dim = dim
         self.learning_rate = learning_rate
         self.fraction_train = fraction_train
         self.min_available_nodes = min_available_nodes
         self.batch_size = batch_size
-        self.probes = probes
-        self.calibration = calibration
-        self.natural_var = natural_var
         self.noise_levels = (
             [calibration] if differential_low is None else [differential_low * calibration, calibration]
         )
+        self.natural_var = natural_var
+        self.label_clip = label_clip
         self.precondition = precondition
-        self.ridge = ridge
-        self.ridge_fraction = ridge_fraction
-        self.refresh_every = refresh_every
-        self.warmup_gradients = 10 * (rank or dim) if warmup_gradients is None else warmup_gradients
         self.train_gradient = train_gradient
         self.noisy_targets = noisy_targets
         self.local_steps = local_steps
         self.local_learning_rate = local_learning_rate
         self.seed = seed
-        self.max_gradients = max_gradients
-        self.label_clip = label_clip
-        self.rank = rank
-        if rank is None:
-            self.pool = CovariancePool(dim, len(self.noise_levels))
-            self.preconditioner = np.eye(dim) if not precondition else warmup_preconditioner(None, dim)
+        if curvature is None:
+            curvature = ProbeCurvature(
+                dim, self.noise_levels, batch_size, natural_var, precondition=precondition, ridge=ridge,
+                ridge_fraction=ridge_fraction, refresh_every=refresh_every, warmup_gradients=warmup_gradients,
+                rank=rank, sketch_oversample=sketch_oversample, seed=seed, max_gradients=max_gradients,
+                probe_target=probe_target if probes > 0 else None,
+            )
         else:
-            sketch = min(2 * rank + sketch_oversample, dim)  # oversampled: a one-pass sketch tilts the subspace
-            self.pool = SketchPool(dim, sketch, len(self.noise_levels), seed)
-            self.preconditioner = LowRankPreconditioner.scaled_identity(dim, 0.0 if precondition else 1.0)
-        self.refreshed_at: int | None = None  # round of the last (Σ̂ + λI)⁻¹ refresh
-        self._version = 0  # bumped whenever P changes, to resend it to clients that use it
-        self._sent: dict[int, int] = {}
+            probes = 0  # a source that knows its curvature needs no probes
+        self.probes = probes
+        self.curvature = curvature
+        self._sent: dict[int, int] = {}  # node → version of P it holds (local steps only)
         self._weights = np.zeros(dim)
         self.line_search_memory = line_search_memory
         self.secant = SecantMemory(min(line_search_memory, dim)) if line_search_memory > 0 else None
-        if step_rule not in ("secant", "lbfgs"):
-            raise ValueError(f"step_rule must be 'secant' or 'lbfgs', got {step_rule!r}")
         self.step_rule, self.memory_on_inexact = step_rule, memory_on_inexact
         self.lbfgs = LBFGSMemory(line_search_memory) if self.secant is not None and step_rule == "lbfgs" else None
-        self.budget = (
-            ProbeBudget(dim, len(self.noise_levels), probe_target, self.warmup_gradients)
-            if probe_target is not None and rank is None and precondition and probes > 0 else None
-        )
-        self._first_gradient: np.ndarray | None = None  # round 1's ḡ: the budget's progress yardstick
         self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
-        self.table = GradientTable(dim)  # every client's latest gradient: ḡ of the whole federation
+        self.table = GradientTable(dim)  # every client's latest gradient: ĝ of the whole federation
         self.history = ReplyHistory()  # every client's last gradient, to check its next one
 
     # -- what callers read -------------------------------------------------
     @property
-    def sigma_hat(self) -> np.ndarray | None:
-        """The pooled estimate Σ̂ (d, d), or None before any probe arrived.
+    def preconditioner(self) -> np.ndarray | LowRankPreconditioner:
+        """P, the current preconditioner (d, d), or its low-rank factors."""
+        return self.curvature.preconditioner
 
-        In low-rank mode this builds U diag(s − b) Uᵀ + bI densely, for metrics
-        only, and only up to d = 2000 (the strategy itself never needs it).
-        """
-        if self.rank is None:
-            return self.pool.estimate()
-        parts = self.pool.factors(self.rank)
-        if parts is None or self.dim > 2000:
-            return None
-        U, s, bulk = parts
-        return (U * (s - bulk)) @ U.T + bulk * np.eye(self.dim)
+    @property
+    def sigma_hat(self) -> np.ndarray | None:
+        """The curvature estimate Σ̂ (d, d) behind P, or None when there is none to show
+        (no probe yet, the oracle, or a low-rank Σ̂ above d = 2000)."""
+        return self.curvature.estimate()
+
+    @property
+    def warmup_gradients(self) -> int | None:
+        """Probes pooled before P is built from Σ̂ (None for sources without a warm-up)."""
+        return self.curvature.warmup_gradients
 
     def clients_restarted(self) -> None:
         """Forget which nodes hold the current P: after a resume their processes are new
@@ -217,8 +242,8 @@ class GradCovStrategy(Strategy):
         """Log the configuration."""
         log(INFO, "\t├──> GradCov: n=%d, probes=%d, levels=%s, η=%g", self.batch_size,
             self.probes, self.noise_levels, self.learning_rate)
-        log(INFO, "\t└──> P: %s, warm-up %d gradients, refresh every %d",
-            "(Σ̂+λI)⁻¹" if self.precondition else "I", self.warmup_gradients, self.refresh_every)
+        log(INFO, "\t└──> P from %s, warm-up %s gradients", type(self.curvature).__name__,
+            self.curvature.warmup_gradients)
 
     # -- one round ---------------------------------------------------------
     def sample(self, grid: Grid, server_round: int) -> list[int]:
@@ -227,24 +252,24 @@ class GradCovStrategy(Strategy):
                                             self.min_available_nodes)
         return [nodes[i] for i in positions]
 
+    def round_config(self, server_round: int) -> p.RoundConfig:
+        """What every sampled client computes this round (:class:`shared.protocol.RoundConfig`)."""
+        return p.RoundConfig(
+            server_round=server_round,
+            batch_size=self.batch_size,
+            probes=self.probes if self.curvature.wants_probes() else 0,
+            noise_levels=tuple(float(c) for c in self.noise_levels),
+            natural_var=float(self.natural_var),
+            label_clip=float(self.label_clip or 0.0),
+            train_gradient=self.train_gradient,
+            noisy_targets=self.noisy_targets,
+            local_steps=self.local_steps,
+            local_learning_rate=float(self.local_learning_rate),
+        )
+
     def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
-        """The protocol the clients follow this round, on top of the caller's config."""
-        cfg = ConfigRecord(dict(config))
-        cfg[p.MODE] = p.MODE_GRADCOV
-        cfg[p.ROUND] = server_round
-        cfg[p.BATCH_SIZE] = self.batch_size
-        # Once max_gradients probes are pooled, stop asking: Σ̂ is as good as it gets for its cost
-        done = self.max_gradients is not None and self.pool.gradients >= self.max_gradients
-        done = done or (self.budget is not None and not self.budget.probing)  # more probes save no round
-        cfg[p.PROBES] = 0 if done else self.probes
-        cfg[p.NOISE_LEVELS] = [float(c) for c in self.noise_levels]
-        cfg[p.NATURAL_VAR] = float(self.natural_var)
-        cfg[p.LABEL_CLIP] = float(self.label_clip or 0.0)
-        cfg[p.TRAIN_GRADIENT] = self.train_gradient
-        cfg[p.NOISY_TARGETS] = self.noisy_targets
-        cfg[p.LOCAL_STEPS] = self.local_steps
-        cfg[p.LOCAL_LR] = float(self.local_learning_rate)
-        return cfg
+        """The round's protocol on top of the caller's config."""
+        return ConfigRecord({**dict(config), **self.round_config(server_round).to_config()})
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -278,18 +303,27 @@ class GradCovStrategy(Strategy):
             preconditioner_sent=np.array([self._send_preconditioner(n) for n in nodes], dtype=bool),
         )
 
+    def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
+        """The config sent to one node: the round's, plus ``send-hessian`` the first time a
+        Hessian source asks this node (override to vary it further per node)."""
+        if not self.curvature.wants_hessian(node):
+            return config
+        first = ConfigRecord(dict(config))
+        first[p.SEND_HESSIAN] = True
+        return first
+
     def _send_preconditioner(self, node: int) -> bool:
         """Whether this round's message to ``node`` carries P: it runs local steps and lacks
         the current P (recorded as sent)."""
-        if self.local_steps > 0 and self._sent.get(node, -1) < self._version:
-            self._sent[node] = self._version
+        if self.local_steps > 0 and self._sent.get(node, -1) < self.curvature.version:
+            self._sent[node] = self.curvature.version
             return True
         return False
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Pool the probes, refresh P when due, and step w ← w − η·P·ḡ."""
+        """Pool the probes, refresh P when due, and step w ← w − η·P·ĝ."""
         valid = sorted(
             (r for r in replies if not r.has_error()),
             key=lambda r: int(r.content[p.METRICS][p.PARTITION_ID]),
@@ -303,11 +337,9 @@ class GradCovStrategy(Strategy):
         (what the inline engine's cohort path returns; the message path stacks its replies)."""
         if not len(replies):
             return None, MetricRecord({"clients-replied": 0})
-        for index, pooled in enumerate(self._probe_screen(replies)):
-            if pooled:
-                self.absorb(replies, index)
-        self._update_preconditioner(server_round)
         pids = replies.partitions.tolist()
+        self.curvature.add(replies, probe_screen(pids, self.curvature.probe_sizes(replies)))
+        self.curvature.update(server_round)
         updates = replies.updates
         weights = replies.num_examples.astype(float)
         keep = norm_screen(pids, updates)
@@ -319,25 +351,28 @@ class GradCovStrategy(Strategy):
             mean = self._federation_gradient(pids, updates, weights, keep)
             if mean is None:
                 return None, MetricRecord({"clients-replied": len(pids)})
-            if self._exact_gradients():
-                # exact quadratic: correct over the past steps and size the step from them.
-                # Gradient differences are Σ·step only for exact gradients of one set of
-                # clients: pairs join the memory only in rounds where every client in the
-                # table replied at w, and a new memory starts when the table's clients change
-                if self.table.members() != self._repliers:
-                    self._forget_steps()
-                    self._repliers = self.table.members()
-                new = self._memory_step(mean, exact=self.table.current(self._weights))
-            elif self.secant is not None and self.memory_on_inexact:
-                new = self._memory_step(mean, exact=True)  # CG / L-BFGS on an inexact ḡ: what the rivals do
-            else:
-                new = self._weights - self.learning_rate * (self.preconditioner @ mean)
-            if self.budget is not None:
-                self._decide_probes(mean)
+            new = self._step(mean)
+            self.curvature.observe_gradient(mean)
         metrics = MetricRecord(
-            {"clients-replied": len(pids), "gradients-pooled": self.pool.gradients}
+            {"clients-replied": len(pids), "gradients-pooled": self.curvature.gradients}
         )
         return ArrayRecord({p.WEIGHTS: Array(new)}), metrics
+
+    # -- the step rule -------------------------------------------------------
+    def _step(self, mean: np.ndarray) -> np.ndarray:
+        """The next w from the federation gradient ĝ (d,) at w."""
+        if self._exact_gradients():
+            # exact quadratic: correct over the past steps and size the step from them.
+            # Gradient differences are Σ·step only for exact gradients of one set of
+            # clients: pairs join the memory only in rounds where every client in the
+            # table replied at w, and a new memory starts when the table's clients change
+            if self.table.members() != self._repliers:
+                self._forget_steps()
+                self._repliers = self.table.members()
+            return self._memory_step(mean, exact=self.table.current(self._weights))
+        if self.secant is not None and self.memory_on_inexact:
+            return self._memory_step(mean, exact=True)  # CG / L-BFGS on an inexact ĝ: what the rivals do
+        return self._weights - self.learning_rate * (self.preconditioner @ mean)
 
     def _forget_steps(self) -> None:
         """Start the memory afresh (its steps belong to another quadratic)."""
@@ -346,8 +381,8 @@ class GradCovStrategy(Strategy):
             self.lbfgs = LBFGSMemory(self.lbfgs.memory)
 
     def _memory_step(self, mean: np.ndarray, exact: bool) -> np.ndarray:
-        """The next w from ḡ at w and the memory of past steps (``step_rule``); a round whose
-        ḡ carried stale gradients (``exact`` False) adds no pair and sizes no later step."""
+        """The next w from ĝ at w and the memory of past steps (``step_rule``); a round whose
+        ĝ carried stale gradients (``exact`` False) adds no pair and sizes no later step."""
         if self.lbfgs is not None:
             if exact:
                 self.lbfgs.observe(self._weights, mean)
@@ -363,40 +398,21 @@ class GradCovStrategy(Strategy):
         direction = self.preconditioner @ mean
         if exact:
             self.secant.stepped(mean, direction, eta)
-        else:  # ḡ carried stale gradients: the next step is not sized from this one
+        else:  # ĝ carried stale gradients: the next step is not sized from this one
             self.secant.interrupted()
         return start - eta * direction
-
-    def _decide_probes(self, gradient: np.ndarray) -> None:
-        """Tell the probe budget how far the run has come: for least squares
-        L(w) − L* = ½ ḡᵀΣ⁻¹ḡ ≈ ½ ḡᵀPḡ, relative to round 1's ḡ under the same P."""
-        if self._first_gradient is None:
-            self._first_gradient = np.array(gradient, dtype=float)
-        start = float(self._first_gradient @ (self.preconditioner @ self._first_gradient))
-        now = float(gradient @ (self.preconditioner @ gradient))
-        self.budget.decide(self.pool.estimate(), self.pool.gradients, now / start if start > 0 else 1.0)
-
-    def _probe_screen(self, replies: CohortReplies) -> np.ndarray:
-        """Which replies' probes join the pool (server.pooling.probe_screen); all when no probes."""
-        if replies.probes.size == 0:
-            return np.ones(len(replies), dtype=bool)
-        coefs = np.stack([
-            estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
-            for rows in replies.local_rows.tolist()
-        ])
-        return probe_screen(replies.partitions.tolist(), replies.probes, coefs, self.pool, self.ridge_fraction)
 
     def _federation_gradient(
         self, pids: list[int], grads: np.ndarray, rows: np.ndarray, keep: np.ndarray
     ) -> np.ndarray | None:
-        """ḡ of the whole federation at w from this round's gradients (K, d) and the table
+        """ĝ of the whole federation at w from this round's gradients (K, d) and the table
         of earlier ones (shared.gradient_table); a gradient that contradicts the client's
         previous one along Σ̂ (shared.robust.ReplyHistory, with exact per-client gradients
         and Σ̂ past its warm-up) is left out and the client's entry dropped. None when no
         client is in the table."""
-        curvature = self._curvature if self._curvature_known() else None
+        curvature = self.curvature.apply if self.curvature.known() else None
         exact = self.train_gradient == "full" and not self.noisy_targets
-        if exact and curvature is not None and self.precondition and self.pool.gradients >= self.warmup_gradients:
+        if exact and curvature is not None and self.precondition and self.curvature.warmed_up():
             flagged = self.history.inconsistent(pids, grads, self._weights, curvature, lambda v: self.preconditioner @ v)
             log_inconsistent(pids, flagged)
             keep = keep & ~flagged
@@ -408,75 +424,12 @@ class GradCovStrategy(Strategy):
                 self.table.remove(pid)
         return self.table.estimate(self._weights, curvature) if len(self.table) else None
 
-    def _curvature_known(self) -> bool:
-        """Whether there is a curvature estimate to carry stale gradients along (else SAG)."""
-        return self.pool.gradients > 0
-
-    def _curvature(self, v: np.ndarray) -> np.ndarray:
-        """Σ̂·v for a vector (d,) or the columns of a matrix (d, m); 0 without a dense Σ̂."""
-        sigma = self.sigma_hat
-        return np.zeros_like(v) if sigma is None else sigma @ v
-
     def _exact_gradients(self) -> bool:
         """Whether clients send exact gradients (full local data, clean targets), so that
-        with the table current the differences of ḡ reveal Σ (with P = I too: the memory
+        with the table current the differences of ĝ reveal Σ (with P = I too: the memory
         then makes federated CG)."""
         return self.secant is not None and gradients_are_exact(
             self.train_gradient, self.noisy_targets, self.local_steps)
-
-    def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
-        """The config sent to one node (override to vary it per node)."""
-        return config
-
-    def absorb(self, replies: CohortReplies, index: int) -> None:
-        """Take what one reply (``index`` in ``replies``) adds to the curvature estimate:
-        its probes, into the pool."""
-        probe = replies.probes[index]
-        if probe.size:
-            rows = int(replies.local_rows[index])
-            coef = estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
-            self.pool.add(probe, coef)
-            if self.budget is not None:
-                self.budget.add(probe, coef)
-
-    def _update_preconditioner(self, server_round: int) -> None:
-        if not self.precondition:
-            return
-        if self.rank is not None:
-            self._update_low_rank(server_round)
-            return
-        sigma_hat = self.sigma_hat
-        if sigma_hat is None or self.pool.gradients < self.warmup_gradients:
-            new = warmup_preconditioner(sigma_hat, self.dim)
-        elif self.refreshed_at is None or server_round - self.refreshed_at >= self.refresh_every:
-            lam = self.ridge if self.ridge is not None else default_ridge(sigma_hat, self.ridge_fraction)
-            try:
-                new = ridge_preconditioner(sigma_hat, lam)
-                self.refreshed_at = server_round
-            except ValueError:  # Σ̂ + λI singular (e.g. a differential Σ̂ with no positive part yet)
-                new = warmup_preconditioner(sigma_hat, self.dim)
-        else:
-            return
-        if not np.array_equal(new, self.preconditioner):
-            self.preconditioner = new
-            self._version += 1
-
-    def _update_low_rank(self, server_round: int) -> None:
-        parts = self.pool.factors(self.rank)
-        if parts is None:
-            return
-        U, s, bulk = parts
-        if self.pool.gradients < self.warmup_gradients:
-            top = float(s[0]) if len(s) else 0.0
-            self.preconditioner = LowRankPreconditioner.scaled_identity(self.dim, 1.0 / top if top > 0 else 0.0)
-        elif self.refreshed_at is None or server_round - self.refreshed_at >= self.refresh_every:
-            mean_eig = (float(s.sum()) + bulk * (self.dim - len(s))) / self.dim
-            lam = self.ridge if self.ridge is not None else self.ridge_fraction * mean_eig
-            if bulk + lam <= 0:
-                return
-            self.preconditioner = LowRankPreconditioner(U, s, bulk, lam)
-            self.refreshed_at = server_round
-        self._version += 1
 
     # -- no federated evaluation: the simulator evaluates centrally ----------
     def configure_evaluate(

@@ -79,6 +79,25 @@ class CovariancePool:
             self._dof[level] += dof
         self.gradients += probe_grads.shape[0] * probe_grads.shape[1]
 
+    def add_many(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> None:
+        """Pool several clients' probes from one round, in their order.
+
+        Parameters
+        ----------
+        probe_grads : ndarray of shape (K, levels, k, d)
+        coefficients : ndarray of shape (K, levels)
+        """
+        for probes, coefs in zip(probe_grads, coefficients):
+            self.add(probes, coefs)
+
+    def estimate_with(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> np.ndarray | None:
+        """Σ̂ as :meth:`estimate` would give it after :meth:`add_many` of these probes,
+        leaving the pool unchanged (for screening a round before pooling it)."""
+        trial = CovariancePool(self.dim, self.levels)
+        trial._scaled, trial._dof, trial.gradients = self._scaled.copy(), self._dof.copy(), self.gradients
+        trial.add_many(probe_grads, coefficients)
+        return trial.estimate()
+
     @property
     def dof(self) -> float:
         """Pooled degrees of freedom of the least-sampled level."""

@@ -54,6 +54,11 @@ class SketchPool:
             self._dof[level] += len(g) - 1
         self.gradients += probe_grads.shape[0] * probe_grads.shape[1]
 
+    def add_many(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> None:
+        """Pool several clients' probes (K, levels, k, d), with coefficients (K, levels)."""
+        for probes, coefs in zip(probe_grads, coefficients):
+            self.add(probes, coefs)
+
     @property
     def dof(self) -> float:
         return float(self._dof.min())

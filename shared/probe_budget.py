@@ -145,6 +145,12 @@ class ProbeBudget:
         self.halves[self._replies % 2].add(probes, coefficients)
         self._replies += 1
 
+    def add_many(self, probes: np.ndarray, coefficients: np.ndarray) -> None:
+        """Several replies' probes (K, levels, k, d), in reply order, with their
+        coefficients (K, levels)."""
+        for probe, coefs in zip(probes, coefficients):
+            self.add(probe, coefs)
+
     def decide(self, pooled_estimate: np.ndarray | None, pooled: int, progress: float) -> bool:
         """Whether the next round asks for probes.
 
