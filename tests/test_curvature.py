@@ -161,7 +161,7 @@ def test_oracle_source_is_fixed_from_the_start_and_asks_for_nothing():
 
 
 def test_newton_source_asks_each_node_once_and_inverts_the_row_weighted_mean():
-    d, rng = 4, np.random.default_rng(10)
+    d = 4
     src = HessianCurvature(d)
     assert np.array_equal(src.preconditioner, np.zeros((d, d)))  # no step before a Hessian
     assert src.wants_hessian(11) and src.wants_hessian(12)
