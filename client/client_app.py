@@ -9,6 +9,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client.cohort import CohortData, cohort_round
+from client.draws import round_key
 from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
 from client.policy import enforce, noise_seed_words
@@ -74,12 +75,12 @@ def local_training(msg: Message, context: Context) -> Message:
     X, y, pid, seed = local_data(context)
     cfg = msg.content[p.CONFIG]
     w = msg.content[p.ARRAYS][p.WEIGHTS].numpy()
-    rng = np.random.default_rng([seed, pid, int(cfg[p.ROUND]), *noise_seed_words(context)])
+    key = round_key(seed, int(cfg[p.ROUND]), noise_seed_words(context))
     with single_thread():
         update, used = training_direction(
             gradient_oracle(X.shape[1]), w, X, y, kind=str(cfg[p.TRAIN_GRADIENT]),
             batch_size=int(cfg[p.BATCH_SIZE]), noise_std=0.0, local_steps=max(int(cfg[p.LOCAL_STEPS]), 1),
-            local_lr=float(cfg[p.LOCAL_LR]), precond=None, rng=rng,
+            local_lr=float(cfg[p.LOCAL_LR]), precond=None, key=key, partition=pid,
         )
     reply = RecordDict(
         {

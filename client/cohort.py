@@ -1,13 +1,13 @@
 """A GradCov round for many clients at once: draws client by client, arithmetic stacked.
 
-Every client keeps its own generator, seeded (scenario seed, partition id,
-round) exactly as a lone ClientApp seeds it, and consumes it in the same order
-(:func:`client.task.probe_draws`, then :func:`client.task.training_draws`).
-The gradients of all clients' batches then come from a few stacked calls of the
-model, whose per-batch arithmetic does not depend on the stack
-(:func:`client.task.batched_matvec`). So a cohort's replies are bit-identical
-to the replies of its clients run one by one — which is how the ClientApp runs
-them: :func:`cohort_round` with a cohort of one.
+Every client draws from its own stream, keyed by (scenario seed, round) with its
+partition id in the counter (:mod:`client.draws`), exactly as a lone ClientApp
+draws: one call per client reads its bits, the rest is stacked arithmetic, and
+no client's draws depend on which other clients were sampled. The gradients of
+all clients' batches then come from a few stacked calls of the model, whose
+per-batch arithmetic does not depend on the stack (:func:`client.task.batched_matvec`).
+So a cohort's replies are bit-identical to the replies of its clients run one by
+one — which is how the ClientApp runs them: :func:`cohort_round` with a cohort of one.
 
 Client data are one (rows, d) array plus each client's first row and row count,
 never a Python object per client.
@@ -27,12 +27,13 @@ from client.policy import (
     check_round,
     check_run_config_paths,
     round_mu_squared,
+    secret_words,
 )
-from client.task import linear_model, local_step, probe_draws, probe_targets, training_draws
+from client.draws import RoundDraws, round_draws, round_key
+from client.task import linear_model, local_step, probe_noise_std, probe_targets
 from scenarios.federation import build_federation
 from scenarios.run_config import scenario_of
 from shared import protocol as p
-from shared.calibration import injected_variances
 from shared.cohort import CohortReplies
 from shared.threads import single_thread
 
@@ -100,22 +101,34 @@ def cohort_round(
     CohortReplies in the clients' order.
     """
     cfg = round_settings(config)
-    cfg.probe_levels = cfg.noise_levels if probe_levels is None else list(probe_levels)
+    probe_levels = cfg.noise_levels if probe_levels is None else list(probe_levels)
     count, dim = len(data.partitions), len(w)
     levels = len(cfg.noise_levels)
     k = cfg.probes if cfg.probes > 0 else 0
     probes = np.zeros((count, levels if k else 0, k, dim))
     updates = np.empty((count, dim))
     used = np.where(cfg.train_gradient == "full", data.sizes, cfg.batch_size)
-    batches_per_client = max(1, levels * k) * cfg.batch_size + int(data.sizes.max(initial=1))
-    chunk = max(1, CHUNK_FLOATS // (batches_per_client * dim))
+    key = round_key(seed, cfg.server_round, noise_words or [])
+    probe_std = np.zeros((count, 0))
+    if k:
+        probe_std = np.repeat(probe_noise_std(probe_levels, cfg.batch_size, data.sizes, cfg.natural_var), k, axis=1)
+    train_std = np.zeros(count)
+    if cfg.noisy_targets:
+        train_std = probe_noise_std(cfg.noise_levels[-1:], cfg.batch_size, data.sizes, cfg.natural_var)[:, 0]
+    # rows gathered, and rows of the draws' table, per client: bounds a chunk's memory at any cohort size
+    per_client = (max(1, levels * k) * cfg.batch_size + int(data.sizes.max(initial=1))) * (dim + levels * k + 1)
+    chunk = max(1, CHUNK_FLOATS // per_client)
     for lo in range(0, count, chunk):
         part = np.arange(lo, min(lo + chunk, count))
-        draws = [_client_draws(data, c, cfg, seed, levels, k, noise_words or []) for c in part]
+        draws = round_draws(key, data.partitions[part], data.sizes[part], probe_batches=levels * k,
+                            batch_size=cfg.batch_size, train_steps=max(cfg.local_steps, 1),
+                            minibatch=cfg.train_gradient != "full", noisy_targets=cfg.noisy_targets)
         if k:
-            probes[part] = _probe_chunk(model, data, part, draws, w, cfg).reshape(len(part), levels, k, dim)
+            probes[part] = _probe_chunk(model, data, part, draws, probe_std[part], w, cfg).reshape(
+                len(part), levels, k, dim)
         for group in _size_groups(data, part, cfg):
-            updates[group] = _training_group(model, data, group, [draws[c - lo][1] for c in group], w, cfg, precond)
+            updates[group] = _training_group(model, data, group, group - lo, draws, train_std[group], w, cfg,
+                                             precond)
     hessians = {}
     if send_hessian is not None:
         for c in np.flatnonzero(send_hessian):
@@ -124,26 +137,11 @@ def cohort_round(
     return CohortReplies(data.partitions.copy(), probes, updates, used.astype(np.int64), data.sizes.copy(), hessians)
 
 
-def _client_draws(data: CohortData, c: int, cfg, seed: int, levels: int, k: int, noise_words: list[int]):
-    """Client c's generator, consumed as the lone ClientApp consumes it."""
-    rows = int(data.sizes[c])
-    rng = np.random.default_rng([seed, int(data.partitions[c]), cfg.server_round, *noise_words])
-    probe = None
-    if k:
-        probe = probe_draws(rows, batch_size=cfg.batch_size, probes=k, multipliers=cfg.probe_levels,
-                            natural_var=cfg.natural_var, rng=rng)
-    noise_std = 0.0
-    if cfg.noisy_targets:
-        noise_std = float(np.sqrt(injected_variances(cfg.noise_levels[-1:], cfg.batch_size, rows, cfg.natural_var)[0]))
-    train = training_draws(rows, kind=cfg.train_gradient, batch_size=cfg.batch_size, noise_std=noise_std,
-                           local_steps=cfg.local_steps, rng=rng)
-    return probe, train
-
-
-def _probe_chunk(model, data: CohortData, part: np.ndarray, draws, w: np.ndarray, cfg) -> np.ndarray:
-    rows = np.stack([d[0].rows for d in draws]) + data.starts[part][:, None, None]
-    noise = np.stack([d[0].noise for d in draws])
-    rows, noise = rows.reshape(-1, cfg.batch_size), noise.reshape(-1, cfg.batch_size)
+def _probe_chunk(model, data: CohortData, part: np.ndarray, draws: RoundDraws, std: np.ndarray, w: np.ndarray,
+                 cfg) -> np.ndarray:
+    """Probe gradients of a chunk's clients, (clients · levels · k, d); std: (clients, levels · k)."""
+    rows = (draws.probe_rows + data.starts[part][:, None, None]).reshape(-1, cfg.batch_size)
+    noise = (draws.probe_normals * std[:, :, None]).reshape(-1, cfg.batch_size)
     return model.gradients(w, data.X[rows], probe_targets(data.y, rows, noise, cfg.label_clip))
 
 
@@ -156,19 +154,20 @@ def _size_groups(data: CohortData, part: np.ndarray, cfg) -> list[np.ndarray]:
     return [part[sizes == s] for s in np.unique(sizes)]
 
 
-def _training_group(model, data: CohortData, group: np.ndarray, draws, w: np.ndarray, cfg, precond) -> np.ndarray:
-    """Training gradients (local_steps = 0) or updates of clients with equal batch shapes, (g, d)."""
+def _training_group(model, data: CohortData, group: np.ndarray, at: np.ndarray, draws: RoundDraws,
+                    noise_std: np.ndarray, w: np.ndarray, cfg, precond) -> np.ndarray:
+    """Training gradients (local_steps = 0) or updates of clients with equal batch shapes, (g, d).
+    ``at``: the group's positions in ``draws``; ``noise_std``: each one's target noise."""
     local = np.tile(w, (len(group), 1))
-    for step in range(max(cfg.local_steps, 1)):
-        idx = [d.rows[step] for d in draws]
-        if idx[0] is None:
+    for step, idx in enumerate(draws.train_rows):
+        if idx is None:
             Xb, yb = _full_rows(data, group)
         else:
-            rows = np.stack(idx) + data.starts[group][:, None]
+            rows = idx[at] + data.starts[group][:, None]
             Xb, yb = data.X[rows], data.y[rows]
-        noise = [d.noise[step] for d in draws]
-        if noise[0] is not None:
-            yb = yb + np.stack(noise)
+        noise = draws.train_noise(step, at, yb.shape[1])
+        if noise is not None:
+            yb = yb + noise_std[:, None] * noise
         if cfg.local_steps == 0:
             return model.gradients(w, Xb, yb)
         local = local_step(local, model.gradients(local, Xb, yb), cfg.local_learning_rate, precond)
@@ -218,6 +217,7 @@ class FederationCohort:
             raise ValueError("data.kind = 'nodes': each node reads its own table; run clients one by one")
         fed = build_federation(scenario)
         self.seed = scenario.seed
+        self.noise_words = secret_words(settings)  # every node's, as its ClientApp would seed its draws
         self.model = linear_model(scenario.dim())
         starts = np.array([s.start for s in fed.shards], dtype=np.int64)
         sizes = np.array([s.stop - s.start for s in fed.shards], dtype=np.int64)
@@ -258,7 +258,7 @@ class FederationCohort:
         partitions = partitions[ok]
         with single_thread():
             replies = cohort_round(self.model, self.data.take(partitions), w, cfg, seed=self.seed,
-                                   precond=precond, send_hessian=send_hessian[ok])
+                                   precond=precond, send_hessian=send_hessian[ok], noise_words=self.noise_words)
         self._mu_squared[partitions] = after[ok]
         self._last_round[partitions] = rnd
         replies.metrics[p.MU_PROBE] = np.full(len(partitions), float(mu_probe))

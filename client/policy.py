@@ -151,7 +151,12 @@ def node_settings(context: Context) -> dict:
 def noise_seed_words(context: Context) -> list[int]:
     """Extra seed words from the node's ``noise-secret`` (none without one: the batches and
     noise then follow from the scenario seed alone, reproducibly)."""
-    secret = str(node_settings(context).get("noise-secret", "") or "")
+    return secret_words(node_settings(context))
+
+
+def secret_words(settings: dict) -> list[int]:
+    """The seed words of the ``noise-secret`` in these node settings (:func:`noise_seed_words`)."""
+    secret = str(settings.get("noise-secret", "") or "")
     if not secret:
         return []
     digest = hashlib.sha256(secret.encode()).digest()

@@ -9,20 +9,19 @@ protocol. One call may hold one client's probe batches or a whole cohort's:
 the per-batch arithmetic is the same either way (see :func:`batched_matvec`),
 which is what keeps the per-message and cohort paths bit-identical.
 
-The random draws (which rows, which noise) are separate from the arithmetic:
-``*_draws`` functions consume a client's generator in a fixed order, so a
-cohort can draw client by client and then compute everything stacked.
+The random draws (which rows, which noise) are separate from the arithmetic
+(:mod:`client.draws`): a cohort draws every client's batches at once from
+per-client streams, then computes everything stacked.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
+from client.draws import round_draws
 from shared.calibration import injected_variances
 
 # torch warns when it wraps a read-only array (the federation's rows are frozen); it only reads them
@@ -138,26 +137,12 @@ class GradientOracle:
         return self.model.gradients(w, X, y)
 
 
-@dataclass(frozen=True)
-class ProbeDraws:
-    """One client's probe batches for one round: row indices (levels·k, n) and
-    target noise (levels·k, n), level-major."""
-
-    rows: np.ndarray
-    noise: np.ndarray
-
-
-def probe_draws(
-    local_rows: int, *, batch_size: int, probes: int, multipliers: list[float], natural_var: float,
-    rng: np.random.Generator,
-) -> ProbeDraws:
-    """Draw the probe batches: each an n-row sample without replacement from the N
-    local rows, with Gaussian target noise of its level's injected variance
-    (see :mod:`shared.calibration`)."""
-    inj = injected_variances(multipliers, batch_size, local_rows, natural_var)
-    idx = np.stack([rng.choice(local_rows, batch_size, replace=False) for _ in range(len(inj) * probes)])
-    noise = rng.standard_normal(idx.shape) * np.sqrt(np.repeat(inj, probes))[:, None]
-    return ProbeDraws(idx, noise)
+def probe_noise_std(multipliers: list[float], batch_size: int, local_rows: np.ndarray, natural_var: float) -> np.ndarray:
+    """Standard deviation of each level's probe-target noise for clients with these N:
+    shape (c, levels) (see :mod:`shared.calibration`)."""
+    sizes, where = np.unique(np.asarray(local_rows, dtype=np.int64), return_inverse=True)
+    per_size = [np.sqrt(injected_variances(multipliers, batch_size, int(N), natural_var)) for N in sizes]
+    return np.array(per_size).reshape(len(sizes), len(multipliers))[where.reshape(-1)]
 
 
 def probe_targets(y: np.ndarray, rows: np.ndarray, noise: np.ndarray, label_clip: float) -> np.ndarray:
@@ -176,44 +161,25 @@ def probe_gradients(
     probes: int,
     multipliers: list[float],
     natural_var: float,
-    rng: np.random.Generator,
+    key: np.ndarray,
+    partition: int = 0,
     label_clip: float = 0.0,
 ) -> np.ndarray:
     """Calibrated probe gradients of shape (levels, probes, d).
 
     Each probe is an n-row batch drawn without replacement from the N
     local rows, with fresh Gaussian noise of the level's injected variance added to
-    its targets (see :mod:`shared.calibration`). ``label_clip`` = B > 0 clips
+    its targets (see :mod:`shared.calibration`), from the stream of ``partition``
+    under ``key`` (:mod:`client.draws`). ``label_clip`` = B > 0 clips
     the targets to [−B, B] first, which bounds what one label can change.
     """
-    draws = probe_draws(
-        len(X), batch_size=batch_size, probes=probes, multipliers=multipliers, natural_var=natural_var, rng=rng
-    )
-    grads = oracle.gradients(w, X[draws.rows], probe_targets(y, draws.rows, draws.noise, label_clip))
+    batches = len(multipliers) * probes
+    draws = round_draws(key, np.array([partition]), np.array([len(X)]), probe_batches=batches,
+                        batch_size=batch_size, train_steps=1, minibatch=False, noisy_targets=False)
+    std = probe_noise_std(multipliers, batch_size, np.array([len(X)]), natural_var)
+    rows, noise = draws.probe_rows[0], draws.probe_normals[0] * np.repeat(std[0], probes)[:, None]
+    grads = oracle.gradients(w, X[rows], probe_targets(y, rows, noise, label_clip))
     return grads.reshape(len(multipliers), probes, -1)
-
-
-@dataclass(frozen=True)
-class TrainingDraws:
-    """One client's training batches for one round, one entry per gradient taken:
-    row indices (None = all local rows) and target noise (None = clean)."""
-
-    rows: list[np.ndarray | None]
-    noise: list[np.ndarray | None]
-
-
-def training_draws(
-    local_rows: int, *, kind: str, batch_size: int, noise_std: float, local_steps: int, rng: np.random.Generator
-) -> TrainingDraws:
-    """Draw the batches of :func:`training_direction` in the order it uses them:
-    per gradient, the rows (kind = "minibatch") then the target noise (noise_std > 0)."""
-    rows, noise = [], []
-    for _ in range(max(local_steps, 1)):
-        idx = None if kind == "full" else rng.choice(local_rows, batch_size, replace=False)
-        used = local_rows if idx is None else len(idx)
-        rows.append(idx)
-        noise.append(noise_std * rng.standard_normal(used) if noise_std > 0 else None)
-    return TrainingDraws(rows, noise)
 
 
 def local_step(local: np.ndarray, g: np.ndarray, local_lr: float, precond: np.ndarray | None) -> np.ndarray:
@@ -236,23 +202,26 @@ def training_direction(
     local_steps: int,
     local_lr: float,
     precond: np.ndarray | None,
-    rng: np.random.Generator,
+    key: np.ndarray,
+    partition: int = 0,
 ) -> tuple[np.ndarray, int]:
     """The training contribution and the rows it used.
 
     local_steps = 0: the gradient at w of the full local data (kind = "full")
     or of one n-row batch (kind = "minibatch"). local_steps > 0: that many
     steps w ← w − η_local·P·g from w, returning the update w_local − w.
-    noise_std > 0 adds calibrated noise to the targets used.
+    noise_std > 0 adds calibrated noise to the targets used. The batches and noise come
+    from the stream of ``partition`` under ``key`` (:mod:`client.draws`).
     """
-    draws = training_draws(
-        len(X), kind=kind, batch_size=batch_size, noise_std=noise_std, local_steps=local_steps, rng=rng
-    )
+    draws = round_draws(key, np.array([partition]), np.array([len(X)]), probe_batches=0, batch_size=batch_size,
+                        train_steps=max(local_steps, 1), minibatch=kind != "full", noisy_targets=noise_std > 0)
     local = w[None]
-    for idx, noise in zip(draws.rows, draws.noise):
-        Xb, yb = (X, y) if idx is None else (X[idx], y[idx])
-        g = oracle.gradients(local, Xb[None], (yb if noise is None else yb + noise)[None])
+    used = len(X) if kind == "full" else batch_size
+    for step, idx in enumerate(draws.train_rows):
+        Xb, yb = (X, y) if idx is None else (X[idx[0]], y[idx[0]])
+        noise = draws.train_noise(step, np.array([0]), used)
+        g = oracle.gradients(local, Xb[None], (yb if noise is None else yb + noise_std * noise[0])[None])
         if local_steps == 0:
             return g[0], len(Xb)
         local = local_step(local, g, local_lr, precond)
-    return local[0] - w, len(X) if kind == "full" else batch_size
+    return local[0] - w, used

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from client.draws import round_key
 from client.task import (
     GradientOracle,
     LinearModel,
@@ -25,8 +26,8 @@ def test_closed_form_probes_match_autograd(dim, rows, batch):
     rng = np.random.default_rng(dim)
     X, y, w = rng.standard_normal((rows, dim)), rng.standard_normal(rows), rng.standard_normal(dim)
     kwargs = dict(batch_size=batch, probes=5, multipliers=[0.3, 1.0], natural_var=0.2, label_clip=1.5)
-    new = probe_gradients(GradientOracle(LinearModel(dim)), w, X, y, rng=np.random.default_rng(1), **kwargs)
-    old = probe_gradients(_autograd_oracle(dim), w, X, y, rng=np.random.default_rng(1), **kwargs)
+    new = probe_gradients(GradientOracle(LinearModel(dim)), w, X, y, key=round_key(1, 1), **kwargs)
+    old = probe_gradients(_autograd_oracle(dim), w, X, y, key=round_key(1, 1), **kwargs)
     assert new.shape == (2, 5, dim)
     assert np.max(np.abs(new - old)) <= 1e-12 * np.max(np.abs(old))
 
@@ -37,8 +38,8 @@ def test_closed_form_training_matches_autograd(kind, steps):
     X, y, w = rng.standard_normal((300, 8)), rng.standard_normal(300), rng.standard_normal(8)
     P = np.linalg.inv(X.T @ X / 300 + 0.1 * np.eye(8))
     kwargs = dict(kind=kind, batch_size=32, noise_std=0.4, local_steps=steps, local_lr=0.3, precond=P)
-    new, used = training_direction(GradientOracle(LinearModel(8)), w, X, y, rng=np.random.default_rng(2), **kwargs)
-    old, used_old = training_direction(_autograd_oracle(8), w, X, y, rng=np.random.default_rng(2), **kwargs)
+    new, used = training_direction(GradientOracle(LinearModel(8)), w, X, y, key=round_key(2, 1), **kwargs)
+    old, used_old = training_direction(_autograd_oracle(8), w, X, y, key=round_key(2, 1), **kwargs)
     assert used == used_old == (300 if kind == "full" else 32)
     assert np.max(np.abs(new - old)) <= 1e-12 * np.max(np.abs(old))
 

@@ -61,6 +61,7 @@ def test_label_clip_clips_probe_targets_only_and_reaches_the_clients(tmp_path):
     """protocol.label_clip = B: the probes are those of targets clipped to [−B, B]
     (same batches and noise), and the strategy sends B to every client."""
     from client.client_app import gradient_oracle
+    from client.draws import round_key
     from client.task import probe_gradients
 
     rng = np.random.default_rng(0)
@@ -68,9 +69,9 @@ def test_label_clip_clips_probe_targets_only_and_reaches_the_clients(tmp_path):
     w = rng.standard_normal(5)
     kwargs = dict(batch_size=16, probes=4, multipliers=[1.0], natural_var=0.0)
     oracle = gradient_oracle(5)
-    clipped = probe_gradients(oracle, w, X, y, rng=np.random.default_rng(1), label_clip=1.5, **kwargs)
-    by_hand = probe_gradients(oracle, w, X, np.clip(y, -1.5, 1.5), rng=np.random.default_rng(1), **kwargs)
-    raw = probe_gradients(oracle, w, X, y, rng=np.random.default_rng(1), **kwargs)
+    clipped = probe_gradients(oracle, w, X, y, key=round_key(1, 1), label_clip=1.5, **kwargs)
+    by_hand = probe_gradients(oracle, w, X, np.clip(y, -1.5, 1.5), key=round_key(1, 1), **kwargs)
+    raw = probe_gradients(oracle, w, X, y, key=round_key(1, 1), **kwargs)
     np.testing.assert_allclose(clipped, by_hand, rtol=1e-12, atol=1e-12)
     assert np.abs(clipped - raw).max() > 1e-3
 
