@@ -44,13 +44,19 @@ def test_closed_form_training_matches_autograd(kind, steps):
     assert np.max(np.abs(new - old)) <= 1e-12 * np.max(np.abs(old))
 
 
-def test_a_stack_gives_each_batch_the_same_bits_as_alone():
-    """What the cohort path relies on: batch i of a stack of b equals batch i computed alone."""
+@pytest.mark.parametrize("b, n, d", [(37, 32, 20), (5, 7, 3), (3, 400, 20), (9, 40, 20), (4, 1, 5), (6, 33, 17)])
+def test_a_stack_gives_each_batch_the_same_bits_as_alone(b, n, d):
+    """What the cohort path relies on: batch i of a stack of b equals batch i computed alone,
+    also when the stack is gathered from a larger array (items at any memory offset)."""
     rng = np.random.default_rng(0)
-    model = LinearModel(20)
-    X, y = rng.standard_normal((37, 32, 20)), rng.standard_normal((37, 32))
-    for w in (rng.standard_normal(20), rng.standard_normal((37, 20))):
+    model = LinearModel(d)
+    pool = rng.standard_normal((b * n + 3, d))
+    X, y = pool[rng.permutation(b * n) + 3].reshape(b, n, d), rng.standard_normal((b, n))
+    for w in (rng.standard_normal(d), rng.standard_normal((b, d))):
         stacked = model.gradients(w, X, y)
-        alone = np.concatenate([model.gradients(w if w.ndim == 1 else w[i : i + 1], X[i : i + 1], y[i : i + 1])
-                                for i in range(37)])
+        alone = np.concatenate([model.gradients(w if w.ndim == 1 else w[i : i + 1], X[i : i + 1].copy(), y[i : i + 1])
+                                for i in range(b)])
         assert np.array_equal(stacked, alone)
+        halves = np.concatenate([model.gradients(w if w.ndim == 1 else w[part], X[part], y[part])
+                                 for part in (slice(0, b // 2 + 1), slice(b // 2 + 1, b))])
+        assert np.array_equal(stacked, halves)
