@@ -6,8 +6,9 @@
 # DIR (default: certs) gets
 #   ca.crt, ca.key          a self-signed certificate authority (openssl, RSA 4096)
 #   server.pem, server.key  the SuperLink's certificate, signed by the CA, valid for
-#                           localhost, superlink, 127.0.0.1, ::1 and every EXTRA_HOST
-#                           (a DNS name or an IP address: the SuperLink's public name)
+#                           localhost, superlink, fleet-gate, 127.0.0.1, ::1 and every
+#                           EXTRA_HOST (a DNS name or an IP address: the public name
+#                           SuperNodes on other machines dial); the Fleet gate serves it too
 #   superexec.secret        the SuperExec auth secret (32 random bytes, hex)
 #   supernode-I, supernode-I.pub  for I = 1..SUPERNODES (default 3): an ECDSA P-384
 #                           key pair in OpenSSH format per SuperNode, for SuperNode
@@ -33,8 +34,11 @@ chmod 700 "$dir"
 
 if [[ -f "$dir/ca.crt" && -f "$dir/server.pem" ]]; then
     echo "keeping the existing CA and server certificate in $dir"
+    # docker-compose.yml's SuperNodes dial the Fleet gate by this name (older certificates lack it)
+    openssl x509 -in "$dir/server.pem" -noout -text | grep -q 'DNS:fleet-gate' \
+        || echo "make-certs.sh: warning: $dir/server.pem does not name fleet-gate; docker-compose.yml's tls SuperNodes will refuse it: remove $dir/ca.crt and $dir/server.pem and rerun" >&2
 else
-    sans="DNS:localhost,DNS:superlink,IP:127.0.0.1,IP:::1"
+    sans="DNS:localhost,DNS:superlink,DNS:fleet-gate,IP:127.0.0.1,IP:::1"
     for host in "$@"; do
         if [[ "$host" =~ ^[0-9.]+$ || "$host" == *:* ]]; then sans+=",IP:$host"; else sans+=",DNS:$host"; fi
     done

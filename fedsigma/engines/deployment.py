@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsigma.engines import processes as fp
+from fedsigma.engines.fleet_gate import HEALTH_PATH
 from scenarios.loader import ScenarioError
 from server.partition_grid import HANDSHAKE_FAILED
 
 MAKE_CERTS = fp.ROOT / "scripts" / "make-certs.sh"
 SUPERLINK_PORT = 8000  # Flower 1.42's default, and the port docker-compose.yml publishes
 SUPERNODE_PORT = 9094  # a SuperNode's Runtime API (its SuperExec connects there)
-HEALTH_PATH = "/health"  # the SuperLink answers 200 here on its one HTTP(S) port once it serves
 FINISHED = "finished"
 COMPLETED = "finished:completed"
 

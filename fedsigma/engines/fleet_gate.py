@@ -5,7 +5,9 @@ Flower 1.42 serves its Control API (``flwr ls``/``run``/``stop``), Fleet API
 build authenticates no Control API caller (``NoOpControlAuthnPlugin`` unless the
 enterprise OIDC plugin is installed). So the SuperLink listens on 127.0.0.1 and
 this gate listens where SuperNodes reach it, forwarding only ``POST /v1/fleet/…``
-(what a SuperNode sends) and refusing every other request with 403 and a log line.
+(what a SuperNode sends) and ``GET /health`` (whether the SuperLink is up: the
+compose file's healthcheck and a remote node's operator ask it; it tells nothing
+else), and refusing every other request with 403 and a log line.
 With ``--certfile/--keyfile`` it serves HTTPS with the SuperLink's own
 certificate (SuperNodes verify it with ``ca.crt`` as before) and talks HTTPS to
 the SuperLink, verifying it with ``--ca``.
@@ -24,6 +26,7 @@ import httpx
 import uvicorn
 
 FLEET_PREFIX = "/v1/fleet/"
+HEALTH_PATH = "/health"  # the SuperLink answers 200 here on its one HTTP(S) port once it serves
 # hop-by-hop headers (RFC 9110 §7.6.1) and those httpx recomputes
 DROPPED = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host"})
 
@@ -31,7 +34,9 @@ log = logging.getLogger("fleet-gate")
 
 
 def allowed(method: str, path: str) -> bool:
-    """Whether a request is Fleet API traffic (a SuperNode's), the only kind let through."""
+    """Whether a request is let through: Fleet API traffic (a SuperNode's) or the health probe."""
+    if method == "GET" and path == HEALTH_PATH:
+        return True
     return method == "POST" and path.startswith(FLEET_PREFIX) and ".." not in path
 
 
@@ -59,7 +64,8 @@ class FleetGate:
         method, path = scope["method"], scope["path"]
         if not allowed(method, path):
             client = scope.get("client") or ("?", 0)
-            log.warning("fleet-gate: refused %s %s from %s (only POST %s* passes)", method, path, client[0], FLEET_PREFIX)
+            log.warning("fleet-gate: refused %s %s from %s (only POST %s* and GET %s pass)", method, path, client[0],
+                        FLEET_PREFIX, HEALTH_PATH)
             await _respond(send, 403, b"fleet-gate: only the Fleet API is served here\n")
             return
         body = b""
