@@ -60,7 +60,7 @@ BUILD = {"context": ".", "dockerfile": "Dockerfile"}  # fedsigma's SuperExec ima
 # One tag for every SuperExec service, so that compose builds the image once, not once per service
 SUPEREXEC_IMAGE = "fedsigma/superexec:" + tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 HOST_PORTS = {"insecure": 8000, "tls": 8443}  # the SuperLink (Control API) on this machine: 127.0.0.1 only
-GATE_PORT = 9092  # the Fleet gate in its container (Flower's Fleet API port before 1.42 merged them)
+GATE_PORT = 9092  # the Fleet gate in its container (Flower's Fleet API port in older releases)
 GATE_NAME = "fleet-gate"  # SuperNodes' address for it (in scripts/make-certs.sh's certificate)
 # The Fleet gate on the host: the only port meant for SuperNodes on other machines (tls). The insecure
 # demo keeps it on loopback: plain HTTP and no SuperNode authentication must not face a network.
@@ -158,7 +158,8 @@ def services(supernodes: int, tls: bool) -> dict:
         + (SECRET_FLAG if tls else []),
         # Control, Fleet and Runtime API: for the operator's CLI on this machine only
         "ports": [Quoted(f"127.0.0.1:{HOST_PORTS[profile]}:{SUPERLINK_PORT}")],
-        "networks": _networks(CONTROL, alias="superlink" if tls else None),  # the certificate's name
+        # tls: "superlink" is the name the ServerApp's SuperExec dials, and the certificate's
+        "networks": {CONTROL: {"aliases": ["superlink"]}} if tls else [CONTROL],
         "healthcheck": _healthcheck(tls),
         "profiles": [profile],
     }
@@ -226,11 +227,6 @@ def _gate(profile: str, superlink: str, certs: Certificates | None) -> dict:
         service["secrets"] = _secrets({"ca.crt": CERTS.ca, "server.pem": CERTS.server_cert,
                                        "server.key": CERTS.server_key})
     return service
-
-
-def _networks(network: str, alias: str | None = None) -> list[str] | dict:
-    """A service's ``networks:``, with a DNS alias on ``network`` if given."""
-    return {network: {"aliases": [alias]}} if alias else [network]
 
 
 def _register(supernodes: int) -> dict:
