@@ -214,7 +214,7 @@ class GradCovStrategy(Strategy):
         self.lbfgs = LBFGSMemory(line_search_memory) if self.secant is not None and step_rule == "lbfgs" else None
         self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
         self.table = GradientTable(dim)  # every client's latest gradient: ĝ of the whole federation
-        self.history = ReplyHistory()  # every client's last gradient, to check its next one
+        self.history = ReplyHistory(dim)  # every client's last gradient, to check its next one
 
     # -- what callers read -------------------------------------------------
     @property
@@ -417,11 +417,9 @@ class GradCovStrategy(Strategy):
             log_inconsistent(pids, flagged)
             keep = keep & ~flagged
         self.history.record(pids, grads, self._weights)
-        for pid, grad, weight, kept in zip(pids, grads, rows, keep):
-            if kept:
-                self.table.update(pid, weight, grad, self._weights)
-            else:
-                self.table.remove(pid)
+        partitions = np.asarray(pids, dtype=np.int64)
+        self.table.update_many(partitions[keep], rows[keep], grads[keep], self._weights)
+        self.table.remove_many(partitions[~keep])
         return self.table.estimate(self._weights, curvature) if len(self.table) else None
 
     def _exact_gradients(self) -> bool:

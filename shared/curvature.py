@@ -22,7 +22,7 @@ import numpy as np
 
 from shared.calibration import estimator_coefficients
 from shared.cohort import CohortReplies
-from shared.estimators import CovariancePool
+from shared.estimators import CovariancePool, RoundScatter
 from shared.lowrank import LowRankPreconditioner, SketchPool
 from shared.preconditioner import default_ridge, ridge_preconditioner, warmup_preconditioner
 from shared.probe_budget import ProbeBudget
@@ -186,6 +186,7 @@ class ProbeCurvature(CurvatureSource):
             if probe_target is not None and rank is None and precondition else None
         )
         self._first_gradient: np.ndarray | None = None  # round 1's ḡ: the budget's progress yardstick
+        self._screened: tuple[np.ndarray, RoundScatter] | None = None  # this round's probes and their scatter
         self.version = 0
         self.refreshed_at = None
 
@@ -202,11 +203,14 @@ class ProbeCurvature(CurvatureSource):
         return self.budget is None or self.budget.probing
 
     def coefficients(self, local_rows: np.ndarray) -> np.ndarray:
-        """The calibration coefficients (c, levels) of clients holding these row counts (c,)."""
-        return np.stack([
-            estimator_coefficients(self.noise_levels, self.batch_size, rows, self.natural_var)
-            for rows in np.asarray(local_rows).tolist()
-        ])
+        """The calibration coefficients (c, levels) of clients holding these row counts (c,)
+        (computed once per distinct count)."""
+        counts, index = np.unique(np.asarray(local_rows, dtype=np.int64), return_inverse=True)
+        table = np.stack([
+            estimator_coefficients(self.noise_levels, self.batch_size, int(rows), self.natural_var)
+            for rows in counts
+        ]) if len(counts) else np.zeros((0, len(self.noise_levels)))
+        return table[index.reshape(-1)]
 
     def probe_sizes(self, replies: CohortReplies) -> np.ndarray | None:
         """Each reply's tr(P·Σ̂_i), with P from the pool plus this whole round (one lying
@@ -220,7 +224,9 @@ class ProbeCurvature(CurvatureSource):
     def _whitener(self, probes: np.ndarray, coefficients: np.ndarray) -> np.ndarray | None:
         if not isinstance(self.pool, CovariancePool) or self.dim > WHITEN_MAX_DIM:
             return None
-        sigma = self.pool.estimate_with(probes, coefficients)
+        scatter = self.pool.round_scatter(probes, coefficients)
+        self._screened = (probes, scatter)  # pooled as is when the screen keeps every reply
+        sigma = self.pool.estimate_with(scatter)
         lam = default_ridge(sigma, self.ridge_fraction) if sigma is not None else 0.0
         if not lam > 0:
             return None
@@ -231,11 +237,15 @@ class ProbeCurvature(CurvatureSource):
 
     def add(self, replies: CohortReplies, keep: np.ndarray) -> None:
         """Pool the kept replies' probes with their calibration coefficients."""
+        screened, self._screened = self._screened, None
         if replies.probes.size == 0 or not np.any(keep):
             return
         probes = replies.probes[keep]
         coefs = self.coefficients(replies.local_rows[keep])
-        self.pool.add_many(probes, coefs)
+        if screened is not None and screened[0] is replies.probes and np.all(keep):
+            self.pool.add_scatter(screened[1])  # the scatter the screen already formed
+        else:
+            self.pool.add_many(probes, coefs)
         if self.budget is not None:
             self.budget.add_many(probes, coefs)
 

@@ -9,6 +9,8 @@ heterogeneity and the movement of w into Σ̂.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -68,35 +70,57 @@ class CovariancePool:
             Calibration coefficients a_l for this client.
         """
         probe_grads = np.asarray(probe_grads, dtype=float)
-        if probe_grads.shape[0] != self.levels or probe_grads.shape[2] != self.dim:
-            raise ValueError(
-                f"probe gradients of shape {probe_grads.shape} do not match "
-                f"({self.levels}, k, {self.dim})"
-            )
-        for level in range(self.levels):
-            scatter, dof = centred_scatter(probe_grads[level])
-            self._scaled[level] += coefficients[level] * scatter
-            self._dof[level] += dof
-        self.gradients += probe_grads.shape[0] * probe_grads.shape[1]
+        self.add_many(probe_grads[None], np.asarray(coefficients, dtype=float)[None])
 
     def add_many(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> None:
-        """Pool several clients' probes from one round, in their order.
+        """Pool several clients' probes from one round (one GEMM per level).
 
         Parameters
         ----------
         probe_grads : ndarray of shape (K, levels, k, d)
         coefficients : ndarray of shape (K, levels)
         """
-        for probes, coefs in zip(probe_grads, coefficients):
-            self.add(probes, coefs)
+        self.add_scatter(self.round_scatter(probe_grads, coefficients))
 
-    def estimate_with(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> np.ndarray | None:
-        """Σ̂ as :meth:`estimate` would give it after :meth:`add_many` of these probes,
-        leaving the pool unchanged (for screening a round before pooling it)."""
-        trial = CovariancePool(self.dim, self.levels)
-        trial._scaled, trial._dof, trial.gradients = self._scaled.copy(), self._dof.copy(), self.gradients
-        trial.add_many(probe_grads, coefficients)
-        return trial.estimate()
+    def round_scatter(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> RoundScatter:
+        """What :meth:`add_many` would pool, without pooling it.
+
+        Each client's probes are centred on their own mean (within client and round)
+        and Σ_K a_K,l C_K,lᵀ C_K,l is formed per level as one weighted GEMM.
+
+        Parameters
+        ----------
+        probe_grads : ndarray of shape (K, levels, k, d)
+            k ≥ 2 gradients per client and level.
+        coefficients : ndarray of shape (K, levels)
+        """
+        probe_grads = np.asarray(probe_grads, dtype=float)
+        if probe_grads.ndim != 4 or probe_grads.shape[1] != self.levels or probe_grads.shape[3] != self.dim:
+            raise ValueError(
+                f"probe gradients of shape {probe_grads.shape} do not match (K, {self.levels}, k, {self.dim})"
+            )
+        clients, _, k, _ = probe_grads.shape
+        if k < 2:
+            raise ValueError(f"need at least 2 gradients per client and level, got {k}")
+        centred = probe_grads - probe_grads.mean(axis=2, keepdims=True)
+        coefficients = np.asarray(coefficients, dtype=float)
+        scaled = np.empty((self.levels, self.dim, self.dim))
+        for level in range(self.levels):
+            rows = centred[:, level].reshape(clients * k, self.dim)
+            weights = np.repeat(coefficients[:, level], k)
+            scaled[level] = (rows * weights[:, None]).T @ rows
+        return RoundScatter(scaled, np.full(self.levels, clients * (k - 1.0)), clients * self.levels * k)
+
+    def add_scatter(self, scatter: RoundScatter) -> None:
+        """Pool a :meth:`round_scatter`."""
+        self._scaled += scatter.scaled
+        self._dof += scatter.dof
+        self.gradients += scatter.gradients
+
+    def estimate_with(self, scatter: RoundScatter) -> np.ndarray | None:
+        """Σ̂ as :meth:`estimate` would give it after :meth:`add_scatter`, leaving the pool
+        unchanged (for screening a round before pooling it)."""
+        return _estimate(self._scaled + scatter.scaled, self._dof + scatter.dof)
 
     @property
     def dof(self) -> float:
@@ -105,10 +129,34 @@ class CovariancePool:
 
     def estimate(self) -> np.ndarray | None:
         """Σ̂ of shape (d, d), symmetric; None before any probe is pooled."""
-        if self.dof == 0:
-            return None
-        est = sum(self._scaled[l] / self._dof[l] for l in range(self.levels))
-        return (est + est.T) / 2
+        return _estimate(self._scaled, self._dof)
+
+
+@dataclass(frozen=True)
+class RoundScatter:
+    """One round's calibrated probe scatter, ready to pool.
+
+    Parameters
+    ----------
+    scaled : ndarray of shape (levels, d, d)
+        Σ_K a_K,l · (centred scatter of client K at level l).
+    dof : ndarray of shape (levels,)
+        Degrees of freedom added per level, Σ_K (k − 1).
+    gradients : int
+        Probe gradients behind it.
+    """
+
+    scaled: np.ndarray
+    dof: np.ndarray
+    gradients: int
+
+
+def _estimate(scaled: np.ndarray, dof: np.ndarray) -> np.ndarray | None:
+    """Σ_l scaled_l / dof_l, symmetrised; None while a level has no degree of freedom."""
+    if float(dof.min()) == 0:
+        return None
+    est = sum(scaled[level] / dof[level] for level in range(len(dof)))
+    return (est + est.T) / 2
 
 
 def gradient_covariance(

@@ -10,13 +10,12 @@ by carrying each stale gradient forward along the learned curvature:
     ĝ(w) = Σ_i p_i [g_i + Σ̂ (w − w_i)] = Ḡ + Σ̂ (w − W̄),
 
 with p_i = N_i / N over the clients heard from, Ḡ = Σ p_i g_i and W̄ = Σ p_i w_i
-(both kept as running sums: O(k·d) work for k replies, whatever the number of
-clients). For least squares g_i(w) = Σ_i w − b_i exactly, so the only error is
+(recomputed from dense per-client arrays each round: O(clients·d), a few
+array operations). For least squares g_i(w) = Σ_i w − b_i exactly, so the only error is
 Σ_i p_i (Σ_i − Σ̂)(w − w_i): it vanishes as the iterates settle (w − w_i → 0),
 which is why the estimate converges to the exact optimum where the plain mean
 stalls. When every client in the table replied at w, the estimate is their weighted mean
-computed afresh, in partition order (bit for bit the plain mean, with no drift of
-the running sums). Without a curvature estimate (Σ̂ = 0) it is SAG's stale-gradient average
+in partition order (bit for bit the plain mean). Without a curvature estimate (Σ̂ = 0) it is SAG's stale-gradient average
 (Schmidt, Le Roux and Bach, 2017). With Σ̂ = H and the step
 w ← w − (H + l·I)⁻¹ ĝ(w) it is FedNL-PP's update (``shared.fednl``); gradcov
 gets its H from calibrated probes instead of compressed client Hessians.
@@ -29,8 +28,68 @@ from collections.abc import Callable
 import numpy as np
 
 
+class LatestPerClient:
+    """Each client's latest gradient, the point it was taken at and its weight, as dense
+    arrays indexed by partition id (no Python object per client: a round of K replies
+    is a few array operations, and a checkpoint pickles four arrays).
+
+    Parameters
+    ----------
+    dim : int
+        d, the length of each gradient and point.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.present = np.zeros(0, dtype=bool)
+        self.rows = np.zeros(0)
+        self.gradients = np.zeros((0, dim))
+        self.points = np.zeros((0, dim))
+
+    def _reserve(self, top: int) -> None:
+        """Room for partition ids below ``top`` (doubling, so growth is amortised)."""
+        size = len(self.present)
+        if top <= size:
+            return
+        new = max(top, 2 * size)
+        self.present = np.concatenate([self.present, np.zeros(new - size, dtype=bool)])
+        self.rows = np.concatenate([self.rows, np.zeros(new - size)])
+        self.gradients = np.concatenate([self.gradients, np.zeros((new - size, self.dim))])
+        self.points = np.concatenate([self.points, np.zeros((new - size, self.dim))])
+
+    def put(self, pids: np.ndarray, rows: np.ndarray, gradients: np.ndarray, point: np.ndarray) -> None:
+        """Replace the entries of distinct partitions ``pids`` (K,) with gradients (K, d)
+        of weights ``rows`` (K,), all taken at ``point`` (d,)."""
+        pids = np.asarray(pids, dtype=np.int64)
+        if not len(pids):
+            return
+        self._reserve(int(pids.max()) + 1)
+        self.present[pids] = True
+        self.rows[pids] = rows
+        self.gradients[pids] = gradients
+        self.points[pids] = point
+
+    def drop(self, pids: np.ndarray) -> None:
+        """Forget these partitions' entries (absent ones are ignored)."""
+        pids = np.asarray(pids, dtype=np.int64)
+        pids = pids[pids < len(self.present)]
+        self.present[pids] = False
+
+    def members(self) -> np.ndarray:
+        """Partition ids with an entry, sorted (int64)."""
+        return np.flatnonzero(self.present)
+
+    def has(self, pids: np.ndarray) -> np.ndarray:
+        """Which of ``pids`` (K,) have an entry (bool, (K,))."""
+        pids = np.asarray(pids, dtype=np.int64)
+        inside = pids < len(self.present)
+        out = np.zeros(len(pids), dtype=bool)
+        out[inside] = self.present[pids[inside]]
+        return out
+
+
 class GradientTable:
-    """Each client's latest gradient, the point it was taken at, and their weighted sums.
+    """Each client's latest gradient, the point it was taken at, and the weighted means.
 
     Parameters
     ----------
@@ -40,32 +99,27 @@ class GradientTable:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._rows: dict[int, float] = {}
-        self._gradients: dict[int, np.ndarray] = {}
-        self._points: dict[int, np.ndarray] = {}
-        self._grad_sum = np.zeros(dim)  # Σ_i N_i g_i
-        self._point_sum = np.zeros(dim)  # Σ_i N_i w_i
-        self._total = 0.0  # Σ_i N_i
+        self._store = LatestPerClient(dim)
 
     def __len__(self) -> int:
         """The number of clients heard from."""
-        return len(self._rows)
+        return int(self._store.present.sum())
 
     def members(self) -> tuple[int, ...]:
         """Partition ids in the estimate, sorted."""
-        return tuple(sorted(self._rows))
+        return tuple(self._store.members().tolist())
 
     def current(self, w: np.ndarray) -> bool:
         """Whether every gradient in the table was taken at w (the estimate is then exact)."""
-        return all(np.array_equal(point, w) for point in self._points.values())
+        return bool(np.all(self._store.points[self._store.present] == np.asarray(w)))
 
     def remove(self, partition: int) -> None:
         """Drop a client's entry (e.g. one caught sending a gradient that contradicts its last)."""
-        rows = self._rows.pop(partition, None)
-        if rows is not None:
-            self._grad_sum -= rows * self._gradients.pop(partition)
-            self._point_sum -= rows * self._points.pop(partition)
-            self._total -= rows
+        self.remove_many(np.array([partition]))
+
+    def remove_many(self, partitions: np.ndarray) -> None:
+        """Drop these clients' entries."""
+        self._store.drop(partitions)
 
     def update(self, partition: int, rows: float, gradient: np.ndarray, point: np.ndarray) -> None:
         """Replace a client's entry.
@@ -81,19 +135,27 @@ class GradientTable:
         point : ndarray of shape (d,)
             w_i, where it was taken.
         """
-        old = self._rows.get(partition)
-        if old is not None:
-            self._grad_sum -= old * self._gradients[partition]
-            self._point_sum -= old * self._points[partition]
-            self._total -= old
-        g, w = np.array(gradient, dtype=float), np.array(point, dtype=float)
-        self._rows[partition], self._gradients[partition], self._points[partition] = float(rows), g, w
-        self._grad_sum += rows * g
-        self._point_sum += rows * w
-        self._total += rows
+        self.update_many(np.array([partition]), np.array([float(rows)]), np.asarray(gradient)[None], point)
+
+    def update_many(self, partitions: np.ndarray, rows: np.ndarray, gradients: np.ndarray, point: np.ndarray) -> None:
+        """Replace the entries of K distinct clients, all heard at one point.
+
+        Parameters
+        ----------
+        partitions : ndarray of int, shape (K,)
+        rows : ndarray of shape (K,)
+            N_i, their weights.
+        gradients : ndarray of shape (K, d)
+        point : ndarray of shape (d,)
+            w, where every one of them was taken.
+        """
+        self._store.put(partitions, np.asarray(rows, dtype=float), gradients, np.asarray(point, dtype=float))
 
     def estimate(self, w: np.ndarray, curvature: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
         """ĝ(w) = Ḡ + Σ̂·(w − W̄), shape (d,).
+
+        Ḡ and W̄ are recomputed from the table each call (O(clients·d), no running sums
+        to drift).
 
         Parameters
         ----------
@@ -108,14 +170,16 @@ class GradientTable:
         ValueError
             Before any client was heard from.
         """
-        if not self._rows:
+        members = self._store.members()
+        if not len(members):
             raise ValueError("no client in the gradient table yet")
-        if self.current(w):  # every client replied at w: their weighted mean, bit for bit, no drift
-            members = self.members()
-            return np.average(
-                np.stack([self._gradients[i] for i in members]), axis=0, weights=[self._rows[i] for i in members]
-            )
-        mean_gradient = self._grad_sum / self._total
+        rows = self._store.rows[members]
+        gradients = self._store.gradients[members]
+        if self.current(w):  # every client replied at w: their weighted mean in partition order
+            return np.average(gradients, axis=0, weights=rows)
+        total = rows.sum()
+        mean_gradient = rows @ gradients / total
         if curvature is None:
             return mean_gradient
-        return mean_gradient + curvature(np.asarray(w, dtype=float) - self._point_sum / self._total)
+        mean_point = rows @ self._store.points[members] / total
+        return mean_gradient + curvature(np.asarray(w, dtype=float) - mean_point)

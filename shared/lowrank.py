@@ -45,19 +45,22 @@ class SketchPool:
 
     def add(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> None:
         """Pool probes of shape (levels, k, d) with calibration coefficients (levels,)."""
-        probe_grads = np.asarray(probe_grads, dtype=float)
-        for level in range(self.levels):
-            g = probe_grads[level]
-            centred = g - g.mean(axis=0)
-            self._y[level] += coefficients[level] * centred.T @ (centred @ self.omega)
-            self._trace[level] += coefficients[level] * float(np.sum(centred**2))
-            self._dof[level] += len(g) - 1
-        self.gradients += probe_grads.shape[0] * probe_grads.shape[1]
+        self.add_many(np.asarray(probe_grads, dtype=float)[None], np.asarray(coefficients, dtype=float)[None])
 
     def add_many(self, probe_grads: np.ndarray, coefficients: np.ndarray) -> None:
-        """Pool several clients' probes (K, levels, k, d), with coefficients (K, levels)."""
-        for probes, coefs in zip(probe_grads, coefficients):
-            self.add(probes, coefs)
+        """Pool several clients' probes (K, levels, k, d), with coefficients (K, levels):
+        Y_l += Σ_K a_K,l C_K,lᵀ (C_K,l Ω), a few GEMMs per level."""
+        probe_grads = np.asarray(probe_grads, dtype=float)
+        clients, _, k, _ = probe_grads.shape
+        centred = probe_grads - probe_grads.mean(axis=2, keepdims=True)
+        coefficients = np.asarray(coefficients, dtype=float)
+        for level in range(self.levels):
+            rows = centred[:, level].reshape(clients * k, self.dim)
+            weights = np.repeat(coefficients[:, level], k)
+            self._y[level] += (rows * weights[:, None]).T @ (rows @ self.omega)
+            self._trace[level] += float(weights @ np.einsum("rd,rd->r", rows, rows))
+            self._dof[level] += clients * (k - 1)
+        self.gradients += clients * probe_grads.shape[1] * k
 
     @property
     def dof(self) -> float:

@@ -142,14 +142,16 @@ class ProbeBudget:
 
     def add(self, probes: np.ndarray, coefficients: np.ndarray) -> None:
         """One reply's probes (levels, k, d) with their calibration coefficients."""
-        self.halves[self._replies % 2].add(probes, coefficients)
-        self._replies += 1
+        self.add_many(np.asarray(probes)[None], np.asarray(coefficients)[None])
 
     def add_many(self, probes: np.ndarray, coefficients: np.ndarray) -> None:
         """Several replies' probes (K, levels, k, d), in reply order, with their
-        coefficients (K, levels)."""
-        for probe, coefs in zip(probes, coefficients):
-            self.add(probe, coefs)
+        coefficients (K, levels): alternate replies go to alternate halves."""
+        parity = (self._replies + np.arange(len(probes))) % 2
+        for half, pool in enumerate(self.halves):
+            if np.any(parity == half):
+                pool.add_many(probes[parity == half], coefficients[parity == half])
+        self._replies += len(probes)
 
     def decide(self, pooled_estimate: np.ndarray | None, pooled: int, progress: float) -> bool:
         """Whether the next round asks for probes.

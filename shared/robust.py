@@ -34,6 +34,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from shared.gradient_table import LatestPerClient
+
 TYPICAL_MIN_FACTOR = 3.0  # a client's tr(PΣ̂_i) within this factor of the round's median is always typical
 TYPICAL_SPREADS = 8.0  # … and within this many robust standard deviations of log-sizes
 NORM_FACTOR = 10.0  # a gradient this many times the round's median norm: left out of ḡ
@@ -132,8 +134,8 @@ class ReplyHistory:
     """Each client's last gradient and the point it was taken at, accepted or not, to
     check the next one against it (``inconsistent``)."""
 
-    def __init__(self) -> None:
-        self._last: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, dim: int) -> None:
+        self._last = LatestPerClient(dim)
 
     def inconsistent(
         self, pids: list[int], grads: np.ndarray, w: np.ndarray, curvature: Callable[[np.ndarray], np.ndarray],
@@ -160,11 +162,12 @@ class ReplyHistory:
             no earlier reply, or a move too short to measure.
         """
         flagged = np.zeros(len(pids), dtype=bool)
-        rows = [k for k, pid in enumerate(pids) if pid in self._last]
-        if not rows:
+        pids = np.asarray(pids, dtype=np.int64)
+        rows = np.flatnonzero(self._last.has(pids))
+        if not len(rows):
             return flagged
-        steps = np.stack([w - self._last[pids[k]][0] for k in rows])
-        changes = np.stack([grads[k] - self._last[pids[k]][1] for k in rows])
+        steps = w[None, :] - self._last.points[pids[rows]]
+        changes = grads[rows] - self._last.gradients[pids[rows]]
         sigma_steps = curvature(steps.T).T
         ratio = curvature_ratios(steps, changes, sigma_steps)
         scale = np.linalg.norm(steps, axis=1) * (np.linalg.norm(grads[rows], axis=1) + np.linalg.norm(changes, axis=1))
@@ -179,7 +182,6 @@ class ReplyHistory:
         return flagged
 
     def record(self, pids: list[int], grads: np.ndarray, w: np.ndarray) -> None:
-        """Remember this round's gradients (K, d), all taken at w (d,)."""
-        w = np.array(w, dtype=float)
-        for k, pid in enumerate(pids):
-            self._last[pid] = (w, np.array(grads[k], dtype=float))
+        """Remember this round's gradients (K, d) of distinct clients, all taken at w (d,)."""
+        self._last.put(np.asarray(pids, dtype=np.int64), np.ones(len(pids)), np.asarray(grads, dtype=float),
+                       np.asarray(w, dtype=float))

@@ -52,7 +52,7 @@ def test_history_flags_sign_flips_and_noise_not_honest_clients():
     b = [rng.standard_normal(d) * 0.1 for _ in range(clients)]
     grads = lambda w: np.stack([H[i] @ w - b[i] for i in range(clients)])  # noqa: E731
     P = np.linalg.inv(sigma)
-    history = ReplyHistory()
+    history = ReplyHistory(d)
     w = rng.standard_normal(d)
     history.record(list(range(clients)), grads(w), w)
     for _ in range(4):
