@@ -67,6 +67,31 @@ class LinearModel:
         residual = batched_matvec(Xt, wt) - yt
         return (batched_matvec(Xt.transpose(1, 2), residual) / Xt.shape[1]).numpy()
 
+    def normal_equations(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """XᵀX and Xᵀy of b row sets: X (b, N, d), y (b, N) → (b, d, d), (b, d).
+
+        One GEMM per set over [X, y], copied into rows padded to a multiple of 64 bytes
+        in torch's 64-byte-aligned memory: every set then sits at the same alignment,
+        which MKL's kernels depend on, so set i gets the same bits whatever the stack.
+        """
+        b, rows, d = X.shape
+        width = -(-(d + 1) // 8) * 8
+        padded = torch.zeros((max(b, 2), rows, width), dtype=torch.float64)  # a stack of one runs as two
+        padded[:b, :, :d] = read_only_tensor(X)
+        padded[:b, :, d] = read_only_tensor(y)
+        if b == 1:
+            padded[1] = padded[0]
+        products = torch.bmm(padded.transpose(1, 2), padded)[:b].numpy()
+        return products[:, :d, :d].copy(), products[:, :d, d].copy()
+
+    def full_gradients(self, w: np.ndarray, gram: np.ndarray, xty: np.ndarray, rows: int) -> np.ndarray:
+        """∇L at w over all N rows of b sets from their normal equations: (XᵀX·w − Xᵀy)/N,
+        O(d²) instead of O(N·d). w (d,) or (b, d); gram (b, d, d); xty (b, d) → (b, d)."""
+        Gt, wt, bt = (read_only_tensor(a) for a in (gram, w, xty))
+        if wt.ndim == 1:
+            wt = wt.expand(Gt.shape[0], -1)
+        return ((batched_matvec(Gt, wt) - bt) / rows).numpy()
+
 
 def read_only_tensor(a: np.ndarray) -> torch.Tensor:
     """A float64 tensor sharing ``a``'s memory. Shards are read-only views (one copy of the

@@ -60,3 +60,21 @@ def test_a_stack_gives_each_batch_the_same_bits_as_alone(b, n, d):
         halves = np.concatenate([model.gradients(w if w.ndim == 1 else w[part], X[part], y[part])
                                  for part in (slice(0, b // 2 + 1), slice(b // 2 + 1, b))])
         assert np.array_equal(stacked, halves)
+
+
+@pytest.mark.parametrize("b, n, d", [(37, 40, 20), (5, 7, 3), (3, 400, 20), (6, 33, 17), (2, 513, 7), (4, 100, 100)])
+def test_normal_equations_give_each_set_the_same_bits_as_alone_and_the_gradient(b, n, d):
+    """The cohort's kept XᵀX, Xᵀy equal a lone client's, bit for bit, at any memory offset;
+    (XᵀX·w − Xᵀy)/N is the full-data gradient to rounding."""
+    rng = np.random.default_rng(1)
+    model = LinearModel(d)
+    pool = rng.standard_normal((b * n + 1, d))
+    X, y = pool[1:].reshape(b, n, d), rng.standard_normal((b, n))  # sets at odd offsets
+    gram, xty = model.normal_equations(X, y)
+    for i in range(b):
+        alone = model.normal_equations(X[i : i + 1].copy(), y[i : i + 1].copy())
+        assert np.array_equal(alone[0][0], gram[i]) and np.array_equal(alone[1][0], xty[i])
+    np.testing.assert_allclose(gram, np.einsum("bni,bnj->bij", X, X), rtol=1e-12, atol=1e-12 * n)
+    w = rng.standard_normal(d)
+    direct = model.gradients(w, X, y)
+    assert np.max(np.abs(model.full_gradients(w, gram, xty, n) - direct)) <= 1e-12 * np.max(np.abs(direct)) * d
