@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from client.draws import RoundDraws, round_draws, round_key
 from client.policy import (
     NodePolicy,
     PolicyError,
@@ -29,7 +30,6 @@ from client.policy import (
     round_mu_squared,
     secret_words,
 )
-from client.draws import RoundDraws, round_draws, round_key
 from client.task import linear_model, local_step, probe_noise_std, probe_targets
 from scenarios.federation import build_federation
 from scenarios.run_config import scenario_of
@@ -92,8 +92,8 @@ def solves_from_normal_equations(model, sizes: np.ndarray, dim: int, cfg) -> np.
 
 
 class NormalEquations:
-    """Every eligible client's XᵀX and Xᵀy (:func:`solves_from_normal_equations`),
-    computed on first use and kept: the rows never change.
+    """Every eligible client's XᵀX and Xᵀy (:func:`solves_from_normal_equations`), each
+    computed the first time the client trains and kept: the rows never change.
 
     Parameters
     ----------
@@ -104,31 +104,29 @@ class NormalEquations:
 
     def __init__(self, model, data: CohortData) -> None:
         self._model, self._data = model, data
-        self._gram: np.ndarray | None = None
-        self._xty: np.ndarray | None = None
+        dim = data.X.shape[1]
+        eligible = np.flatnonzero(data.sizes >= 2 * dim)
         self._slot = np.full(len(data.sizes), -1, dtype=np.int64)
+        self._slot[eligible] = np.arange(len(eligible))
+        # untouched pages cost no memory: only clients that trained take any
+        self._gram, self._xty = np.empty((len(eligible), dim, dim)), np.empty((len(eligible), dim))
+        self._known = np.zeros(len(eligible), dtype=bool)
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(XᵀX, Xᵀy) of the clients at these federation positions: (g, d, d), (g, d)."""
-        if self._gram is None:
-            self._build()
         slots = self._slot[ids]
         if (slots < 0).any():
             raise ValueError("normal equations of a client that holds fewer than 2d rows")
-        return self._gram[slots], self._xty[slots]
-
-    def _build(self) -> None:
-        data, dim = self._data, self._data.X.shape[1]
-        eligible = np.flatnonzero(data.sizes >= 2 * dim)
-        self._slot[eligible] = np.arange(len(eligible))
-        self._gram, self._xty = np.empty((len(eligible), dim, dim)), np.empty((len(eligible), dim))
-        for size in np.unique(data.sizes[eligible]):
-            same = eligible[data.sizes[eligible] == size]
-            step = max(1, CHUNK_FLOATS // (int(size) * (dim + 8)))
+        new = ids[~self._known[slots]]
+        for size in np.unique(self._data.sizes[new]):
+            same = new[self._data.sizes[new] == size]
+            step = max(1, CHUNK_FLOATS // (int(size) * (self._data.X.shape[1] + 8)))
             for lo in range(0, len(same), step):
                 part = same[lo : lo + step]
-                gram, xty = self._model.normal_equations(*_full_rows(data, part))
+                gram, xty = self._model.normal_equations(*_full_rows(self._data, part))
                 self._gram[self._slot[part]], self._xty[self._slot[part]] = gram, xty
+                self._known[self._slot[part]] = True
+        return self._gram[slots], self._xty[slots]
 
 
 def round_settings(config) -> SimpleNamespace:

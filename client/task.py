@@ -17,6 +17,7 @@ per-client streams, then computes everything stacked.
 from __future__ import annotations
 
 import warnings
+
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
