@@ -41,10 +41,7 @@ class LeastSquaresOracle:
         self.sigma = X.T @ X / len(X)
         self._Xty = X.T @ y / len(X)
         self._yty = float(y @ y) / len(X)
-        if X.shape[1] <= 1000:
-            self.w_opt = np.linalg.lstsq(X, y, rcond=None)[0]
-        else:  # normal equations: O(d³) instead of an O(N·d²) SVD
-            self.w_opt = np.linalg.solve(self.sigma, self._Xty)
+        self.w_opt = _least_squares(X, y, self.sigma, self._Xty)
         self.loss_opt = self.loss(self.w_opt)
         self._gap0 = self.loss(w0) - self.loss_opt
 
@@ -66,3 +63,20 @@ class LeastSquaresOracle:
         from scipy.sparse.linalg import eigsh  # Lanczos: a full eigh of a large Σ takes minutes
 
         return float(eigsh(self.sigma, k=1, which="LA", return_eigenvectors=False, v0=np.ones(len(self.sigma)))[0])
+
+
+REFINEMENTS = 2  # each one multiplies the normal equations' relative error by about κ(Σ)²·ε
+
+
+def _least_squares(X: np.ndarray, y: np.ndarray, sigma: np.ndarray, xty: np.ndarray) -> np.ndarray:
+    """argmin ‖Xw − y‖ (d,) from the normal equations Σw = Xᵀy/N, refined on the residual
+    X·w − y itself (iterative refinement), so the answer is as accurate as an SVD's for
+    any κ(Σ) below 1/√ε, at O(N·d) per refinement instead of an O(N·d²) SVD. A singular Σ
+    (dependent columns) falls back to the SVD's minimum-norm solution."""
+    try:
+        w = np.linalg.solve(sigma, xty)
+        for _ in range(REFINEMENTS):
+            w = w + np.linalg.solve(sigma, X.T @ (y - X @ w) / len(X))
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(X, y, rcond=None)[0]
+    return w
