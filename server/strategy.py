@@ -299,10 +299,20 @@ class GradCovStrategy(Strategy):
             nodes=nodes,
             weights=self._weights,
             config=dict(cfg),
-            send_hessian=np.array([bool(self.node_config(n, cfg).get(p.SEND_HESSIAN, False)) for n in nodes]),
+            send_hessian=self._hessian_requests(nodes, cfg),
             preconditioner=self.preconditioner if self.local_steps > 0 else None,
-            preconditioner_sent=np.array([self._send_preconditioner(n) for n in nodes], dtype=bool),
+            preconditioner_sent=(
+                np.array([self._send_preconditioner(n) for n in nodes], dtype=bool)
+                if self.local_steps > 0 else np.zeros(len(nodes), dtype=bool)
+            ),
         )
+
+    def _hessian_requests(self, nodes: list[int], cfg: ConfigRecord) -> np.ndarray:
+        """Which nodes this round's messages ask for XᵀX/N (bool, (len(nodes),)); a node
+        config that is the round's own (the usual case) is not rebuilt per node."""
+        if type(self).node_config is GradCovStrategy.node_config and not self.curvature.asks_hessians:
+            return np.zeros(len(nodes), dtype=bool)
+        return np.array([bool(self.node_config(n, cfg).get(p.SEND_HESSIAN, False)) for n in nodes])
 
     def node_config(self, node: int, config: ConfigRecord) -> ConfigRecord:
         """The config sent to one node: the round's, plus ``send-hessian`` the first time a

@@ -48,6 +48,9 @@ class CurvatureSource:
         Probe gradients pooled so far.
     warmup_gradients : int or None
         Probe gradients needed before P is built from Σ̂; None if there is no warm-up.
+    asks_hessians : bool
+        Whether :meth:`wants_hessian` can be True (a source that never asks is not
+        consulted node by node).
     """
 
     preconditioner: np.ndarray | LowRankPreconditioner
@@ -55,6 +58,7 @@ class CurvatureSource:
     refreshed_at: int | None = None
     gradients: int = 0
     warmup_gradients: int | None = None
+    asks_hessians: bool = False  # whether wants_hessian can ever be True (else it is never asked)
 
     def wants_probes(self) -> bool:
         """Whether to ask clients for probe gradients this round."""
@@ -362,6 +366,8 @@ class HessianCurvature(CurvatureSource):
     dim : int
         d.
     """
+
+    asks_hessians = True
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
