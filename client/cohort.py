@@ -170,7 +170,8 @@ def cohort_round(
     count, dim = len(data.partitions), len(w)
     levels = len(cfg.noise_levels)
     k = cfg.probes if cfg.probes > 0 else 0
-    probes = np.zeros((count, levels if k else 0, k, dim))
+    # computed in float64, rounded once to the wire dtype when stored: both paths send these bits
+    probes = np.zeros((count, levels if k else 0, k, dim), dtype=cfg.probe_dtype)
     updates = np.empty((count, dim))
     used = np.where(cfg.train_gradient == "full", data.sizes, cfg.batch_size)
     key = round_key(seed, cfg.server_round, noise_words or [])

@@ -115,8 +115,17 @@ def corrupt_array(x: np.ndarray, kind: str, rng: np.random.Generator, probes: bo
         Draws the ``random`` replacement.
     probes : bool
         Whether ``x`` holds the probe gradients.
+
+    Returns
+    -------
+    ndarray in ``x``'s dtype (probes may travel in float32 or float16): the
+    attack reaches the server's robust screens, not just its dtype check.
     """
-    x = np.asarray(x, dtype=float)
+    with np.errstate(over="ignore"):  # ``scale`` may overflow float16: sent as inf, as a real client would
+        return _corrupted(np.asarray(x, dtype=float), kind, rng, probes).astype(np.asarray(x).dtype, copy=False)
+
+
+def _corrupted(x: np.ndarray, kind: str, rng: np.random.Generator, probes: bool) -> np.ndarray:
     if kind == "nan":
         return np.full_like(x, np.nan)
     if kind == "inf":

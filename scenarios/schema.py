@@ -153,6 +153,11 @@ class Protocol(_Section):
                     "mechanism on the labels (shared.privacy); None = no clipping",
     )
 
+    probe_dtype: Literal["float64", "float32", "float16"] = Field(
+        "float32", description="dtype of the probes on the wire (noisy on purpose, so float64 buys nothing); "
+                               "the training gradient is always float64",
+    )
+
     @model_validator(mode="after")
     def _differential_needs_noise(self) -> Protocol:
         if self.differential and self.calibration == 0:

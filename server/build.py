@@ -92,6 +92,7 @@ def gradcov(scenario: Scenario, lr: float, local_lr: float, oracle=None, *, step
         rank=pre.rank,
         max_gradients=pre.max_gradients,
         label_clip=proto.label_clip,
+        probe_dtype=proto.probe_dtype,
         step_rule=step_rule,
         memory_on_inexact=memory_on_inexact,
         probe_target=scenario.stop.target if pre.adaptive_probes else None,

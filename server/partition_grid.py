@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import lru_cache
 from logging import INFO, WARNING
 
@@ -100,14 +101,18 @@ class PartitionGrid(Grid):
 
     def train_cohort(self, request: CohortRequest) -> CohortReplies:
         """One round through the engine's cohort path: replies in partition order,
-        bytes counted as the same round's messages would be."""
+        bytes counted as the same round's messages would be (probes in the dtype they
+        came in), checked as server.replies checks messages, probes widened to float64."""
         sizes = (array_bytes(request.weights.shape) + request.preconditioner_sent * (
             0 if request.preconditioner is None else array_bytes(request.preconditioner.shape)))
         self.bytes_down += int(np.sum(sizes))
         replies = self.inner.train_cohort(request).in_partition_order()
-        per_reply = array_bytes(replies.probes.shape[1:]) + array_bytes(replies.updates.shape[1:])
+        per_reply = (array_bytes(replies.probes.shape[1:], str(replies.probes.dtype))
+                     + array_bytes(replies.updates.shape[1:], str(replies.updates.dtype)))
         self.bytes_up += per_reply * len(replies) + sum(array_bytes(h.shape) for h in replies.hessians.values())
-        self.failed += len(request.nodes) - len(replies)
+        replies, rejected = screen_cohort(replies, str(request.config.get(p.PROBE_DTYPE, "float64")))
+        self.rejected += rejected
+        self.failed += len(request.nodes) - len(replies) - rejected
         return replies
 
     # -- the view ------------------------------------------------------------
@@ -220,11 +225,27 @@ class PartitionGrid(Grid):
         return replies
 
 
+def screen_cohort(replies: CohortReplies, probe_dtype: str) -> tuple[CohortReplies, int]:
+    """The cohort replies :func:`server.replies.reply_problem` would keep (probes in
+    ``probe_dtype``, updates float64, finite values), probes widened to float64, and how
+    many were dropped; one log line per dropped reply, naming its partition."""
+    wrong = [(name, str(a.dtype), want) for name, a, want in
+             ((p.PROBE_GRADS, replies.probes, probe_dtype), (p.UPDATE, replies.updates, "float64"))
+             if str(a.dtype) != want]
+    keep = (np.isfinite(replies.probes).reshape(len(replies), -1).all(axis=1)
+            & np.isfinite(replies.updates).all(axis=1) & (not wrong))
+    for pid in replies.partitions[~keep]:
+        reason = f"'{wrong[0][0]}' sent as {wrong[0][1]}, expected {wrong[0][2]}" if wrong else "non-finite values"
+        log(WARNING, "reply from partition %d rejected: %s", pid, reason)
+    kept = replies if keep.all() else replies.take(np.flatnonzero(keep))
+    return replace(kept, probes=kept.probes.astype(np.float64, copy=False)), int(len(replies) - keep.sum())
+
+
 @lru_cache(maxsize=64)
-def array_bytes(shape: tuple[int, ...]) -> int:
-    """Bytes of a float64 array of this shape serialized as a Flower ``Array`` (what
+def array_bytes(shape: tuple[int, ...], dtype: str = "float64") -> int:
+    """Bytes of an array of this shape and dtype serialized as a Flower ``Array`` (what
     :func:`payload_bytes` counts for it)."""
-    return len(Array(np.zeros(shape)).data)
+    return len(Array(np.zeros(shape, dtype=dtype)).data)
 
 
 def error_line(reply: Message, partition_of: dict[int, int]) -> str:

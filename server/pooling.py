@@ -20,12 +20,14 @@ from shared.robust import NORM_FACTOR, near_median, typical
 
 def cohort_replies(replies: list[Message]) -> CohortReplies:
     """Validated training replies (server.replies), stacked in their order, as the
-    cohort path hands them to the strategy: one aggregation code path for both."""
+    cohort path hands them to the strategy: one aggregation code path for both
+    (probes sent in float32 or float16 widened to float64, as on the cohort path)."""
     arrays = [r.content[p.ARRAYS] for r in replies]
     counts = [r.content[p.METRICS] for r in replies]
     return CohortReplies(
         partitions=np.array([int(c[p.PARTITION_ID]) for c in counts], dtype=np.int64),
-        probes=np.stack([a[p.PROBE_GRADS].numpy() for a in arrays]) if replies else np.zeros((0, 0, 0, 0)),
+        probes=np.stack([a[p.PROBE_GRADS].numpy() for a in arrays]).astype(np.float64, copy=False)
+        if replies else np.zeros((0, 0, 0, 0)),
         updates=np.stack([a[p.UPDATE].numpy() for a in arrays]) if replies else np.zeros((0, 0)),
         num_examples=np.array([int(c[p.NUM_EXAMPLES]) for c in counts], dtype=np.int64),
         local_rows=np.array([int(c[p.LOCAL_ROWS]) for c in counts], dtype=np.int64),

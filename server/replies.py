@@ -2,12 +2,14 @@
 
 A reply is kept only if it is exactly what its request asked for: the partition
 the node declared at the handshake, counts within that partition's rows, arrays
-of the exact shapes (no more probes than were asked for) and finite values.
+of the exact shapes (no more probes than were asked for), in GradCov rounds the
+exact dtypes (probes in the requested ``probe-dtype``, the update float64), and
+finite values.
 Anything else is dropped before a strategy sees it, with one log line naming the
 partition and the reason, so one broken client can neither crash a round nor
 reach the pooled Σ̂ or ḡ.
 
-Shapes are checked from the arrays' headers before any payload is decoded, so a
+Shapes and dtypes are checked from the arrays' headers before any payload is decoded, so a
 flood of probes costs the server its bytes on the wire, not a decoded copy.
 """
 
@@ -44,6 +46,8 @@ class Expected:
         n, rows per probe batch: the partition must hold at least n rows to probe.
     hessian : bool
         Whether XᵀX/N was asked for (the Newton baseline).
+    probe_dtype : str, default "float64"
+        The dtype the probes were asked for in (``shared.protocol.PROBE_DTYPES``).
     """
 
     partition: int
@@ -54,6 +58,7 @@ class Expected:
     probes: int
     batch_size: int
     hessian: bool
+    probe_dtype: str = "float64"
 
 
 def expected_reply(request: Message, partition: int, rows: int) -> Expected:
@@ -64,6 +69,7 @@ def expected_reply(request: Message, partition: int, rows: int) -> Expected:
         partition=partition, rows=rows, dim=int(request.content[p.ARRAYS][p.WEIGHTS].shape[0]), mode=mode,
         levels=len(cfg.get(p.NOISE_LEVELS, [])), probes=int(cfg.get(p.PROBES, 0)),
         batch_size=int(cfg.get(p.BATCH_SIZE, 1)), hessian=bool(cfg.get(p.SEND_HESSIAN, False)),
+        probe_dtype=str(cfg.get(p.PROBE_DTYPE, "float64")),
     )
 
 
@@ -123,6 +129,11 @@ def _arrays_problem(reply: Message, e: Expected) -> str | None:
             continue
         if got != shape:
             return f"'{key}' has shape {got}, expected {shape}"
+    if e.mode == p.MODE_GRADCOV:  # the probes in the dtype asked for; the rest, like every other mode's, float64
+        dtypes = {key: e.probe_dtype if key == p.PROBE_GRADS else "float64" for key in shapes}
+        for key, dtype in dtypes.items():
+            if str(arrays[key].dtype) != dtype:
+                return f"'{key}' sent as {arrays[key].dtype}, expected {dtype}"
     for key in shapes:
         values = arrays[key].numpy()
         if values.shape != tuple(arrays[key].shape) or not np.issubdtype(values.dtype, np.number):

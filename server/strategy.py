@@ -122,6 +122,9 @@ class GradCovStrategy(Strategy):
         B: clients clip probe targets to [−B, B] before adding noise, so each
         probe is a μ = 2B/σ_inj Gaussian mechanism on the labels. The training
         gradient keeps the raw targets. None: no clipping.
+    probe_dtype : {"float64", "float32", "float16"}, default "float64"
+        The dtype clients send probes in (widened to float64 before pooling);
+        the training gradient always travels in float64.
     curvature : CurvatureSource or None, default None
         Where P comes from (:mod:`shared.curvature`). None builds a
         :class:`~shared.curvature.ProbeCurvature` from the parameters above;
@@ -175,6 +178,7 @@ class GradCovStrategy(Strategy):
         memory_on_inexact: bool = False,
         probe_target: float | None = None,
         label_clip: float | None = None,
+        probe_dtype: str = "float64",
         curvature: CurvatureSource | None = None,
     ) -> None:
         if step_rule not in ("secant", "lbfgs"):
@@ -189,6 +193,7 @@ class GradCovStrategy(Strategy):
         )
         self.natural_var = natural_var
         self.label_clip = label_clip
+        self.probe_dtype = probe_dtype
         self.precondition = precondition
         self.train_gradient = train_gradient
         self.noisy_targets = noisy_targets
@@ -266,6 +271,7 @@ class GradCovStrategy(Strategy):
             noisy_targets=self.noisy_targets,
             local_steps=self.local_steps,
             local_learning_rate=float(self.local_learning_rate),
+            probe_dtype=self.probe_dtype,
         )
 
     def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:

@@ -49,7 +49,8 @@ class CohortReplies:
     ----------
     partitions : ndarray of int, shape (c,)
     probes : ndarray of shape (c, levels, k, d)
-        The probe gradients; (c, 0, 0, d) when none were asked for.
+        The probe gradients, in the round's ``probe-dtype`` as the clients send them
+        (float64 once the server has checked them); (c, 0, 0, d) when none were asked for.
     updates : ndarray of shape (c, d)
         Training gradients (or local-step updates).
     num_examples : ndarray of int, shape (c,)

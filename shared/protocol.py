@@ -40,6 +40,8 @@ TRAIN_GRADIENT = "train-gradient"
 NOISY_TARGETS = "noisy-targets"
 LOCAL_STEPS = "local-steps"
 LOCAL_LR = "local-lr"
+PROBE_DTYPE = "probe-dtype"  # the probes' dtype on the wire: one of PROBE_DTYPES
+PROBE_DTYPES = ("float64", "float32", "float16")
 
 # client → server arrays
 PROBE_GRADS = "probes"
@@ -79,6 +81,7 @@ _KEYS = {  # RoundConfig field → ConfigRecord key
     "local_steps": LOCAL_STEPS,
     "local_learning_rate": LOCAL_LR,
     "send_hessian": SEND_HESSIAN,
+    "probe_dtype": PROBE_DTYPE,
 }
 
 
@@ -122,6 +125,11 @@ class RoundConfig:
     send_hessian : bool, default False
         Also send XᵀX/N (the Newton baseline asks once per node). Written to the
         record only when True.
+    probe_dtype : {"float64", "float32", "float16"}, default "float64"
+        The dtype the probe gradients travel in. Probes are noisy on purpose
+        (target noise of variance c·n), so rounding them to float32 or float16
+        adds far less error than they already carry; the training gradient
+        always travels in float64.
     """
 
     server_round: int
@@ -136,6 +144,12 @@ class RoundConfig:
     local_steps: int = 0
     local_learning_rate: float = 0.5
     send_hessian: bool = False
+    probe_dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        if self.probe_dtype not in PROBE_DTYPES:
+            raise ValueError(f"round config: {PROBE_DTYPE} = {self.probe_dtype!r}, expected one of "
+                             f"{', '.join(PROBE_DTYPES)}")
 
     def to_config(self) -> dict[str, int | float | str | bool | list[float]]:
         """The record's entries: protocol key → value (``send-hessian`` only when True)."""
@@ -157,7 +171,8 @@ class RoundConfig:
         Raises
         ------
         ValueError
-            Naming the key, when a required key is missing or a value has the wrong type.
+            Naming the key, when a required key is missing, a value has the wrong type
+            or ``probe-dtype`` is not one of PROBE_DTYPES.
         """
         values = {}
         for field in fields(cls):

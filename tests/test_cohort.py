@@ -22,6 +22,9 @@ CASES = [(name, "gradcov", ["stop.max_rounds=6"]) for name in bundled_names()] +
     ("quickstart", "newton", ["stop.max_rounds=3", "stop.target=1e-30"]),
     ("quickstart", "oracle", ["stop.max_rounds=3", "stop.target=1e-30"]),
     ("non_iid", "gradcov", ["partition.kind='size_skew'", "stop.max_rounds=6"]),
+    # probes on the wire in each dtype: the same rounding, bytes and widening on both paths
+    ("quickstart", "gradcov", ["protocol.probe_dtype='float16'", "stop.max_rounds=6"]),
+    ("quickstart", "gradcov", ["protocol.probe_dtype='float64'", "stop.max_rounds=6"]),
 ]
 
 

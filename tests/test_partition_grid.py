@@ -19,12 +19,14 @@ from scenarios.loader import validate
 from scenarios.node_data import node_configs
 from scenarios.run_config import encode
 from server.methods import strategy_for
-from server.partition_grid import PartitionGrid
+from server.partition_grid import PartitionGrid, array_bytes, screen_cohort
 from shared import protocol as p
+from shared.cohort import CohortReplies
 
 ROWS, DIM, PROBES, CLIENTS, BAD = 40, 4, 3, 6, 2  # BAD: the partition whose reply is edited
 SCENARIO = validate({"seed": 3, "data": {"dim": DIM, "rows_per_client": ROWS}, "clients": {"count": CLIENTS},
-                     "protocol": {"batch_size": 16, "probes": PROBES}, "stop": {"max_rounds": 2}})
+                     "protocol": {"batch_size": 16, "probes": PROBES, "probe_dtype": "float32"},
+                     "stop": {"max_rounds": 2}})
 
 
 @pytest.fixture
@@ -115,8 +117,13 @@ def _lying_header(shape, real) -> Array:
 REJECTIONS = {
     # non-finite values
     "nan-update": (_set_array(p.UPDATE, Array(np.full(DIM, np.nan))), f"'{p.UPDATE}' has non-finite values"),
-    "inf-probe": (_set_array(p.PROBE_GRADS, Array(np.full((1, PROBES, DIM), -np.inf))),
+    "inf-probe": (_set_array(p.PROBE_GRADS, Array(np.full((1, PROBES, DIM), -np.inf, dtype=np.float32))),
                   f"'{p.PROBE_GRADS}' has non-finite values"),
+    # dtypes, read from the headers: probes in the one asked for, the update always float64
+    "probe-dtype": (_set_array(p.PROBE_GRADS, Array(np.zeros((1, PROBES, DIM)))),
+                    f"'{p.PROBE_GRADS}' sent as float64, expected float32"),
+    "update-dtype": (_set_array(p.UPDATE, Array(np.zeros(DIM, dtype=np.float16))),
+                     f"'{p.UPDATE}' sent as float16, expected float64"),
     # shapes, read from the arrays' headers: the first payload never decodes, so only the header was read
     "header-shape": (_set_array(p.UPDATE, _header_only((DIM + 1,))),
                      f"'{p.UPDATE}' has shape ({DIM + 1},), expected ({DIM},)"),
@@ -177,3 +184,31 @@ def test_two_nodes_claiming_one_partition_fail_the_handshake():
 
     with pytest.raises(RuntimeError, match=rf"two nodes claim the same partition id: .*{BAD + 1}, {BAD + 1}"):
         _grid(hello=hello)
+
+
+def _cohort(probes: np.ndarray) -> CohortReplies:
+    count = len(probes)
+    return CohortReplies(np.arange(count), probes, np.ones((count, DIM)), np.full(count, ROWS), np.full(count, ROWS))
+
+
+def test_cohort_replies_are_screened_like_messages_and_probes_widened(flwr_log):
+    probes = np.ones((CLIENTS, 1, PROBES, DIM), dtype=np.float16)
+    probes[BAD, 0, 1, 2] = np.inf  # a float16 probe that overflowed
+    kept, rejected = screen_cohort(_cohort(probes), "float16")
+    assert rejected == 1 and list(kept.partitions) == [k for k in range(CLIENTS) if k != BAD]
+    assert kept.probes.dtype == np.float64 and np.array_equal(kept.probes, np.ones((CLIENTS - 1, 1, PROBES, DIM)))
+    lines = [r.getMessage() for r in flwr_log if "rejected" in r.getMessage()]
+    assert lines == [f"reply from partition {BAD} rejected: non-finite values"]
+
+
+def test_cohort_probes_in_another_dtype_than_asked_are_all_rejected(flwr_log):
+    kept, rejected = screen_cohort(_cohort(np.ones((CLIENTS, 1, PROBES, DIM))), "float16")
+    assert rejected == CLIENTS and len(kept) == 0
+    lines = [r.getMessage() for r in flwr_log if "rejected" in r.getMessage()]
+    assert lines[0] == f"reply from partition 0 rejected: '{p.PROBE_GRADS}' sent as float64, expected float16"
+
+
+def test_bytes_are_counted_in_the_probes_own_dtype():
+    wide, half = array_bytes((1, PROBES, DIM)), array_bytes((1, PROBES, DIM), "float16")
+    assert wide - half == PROBES * DIM * 6  # 8 bytes a float64, 2 a float16, the same header
+    assert half == len(Array(np.zeros((1, PROBES, DIM), dtype=np.float16)).data)
