@@ -71,5 +71,6 @@ def plot_convergence(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         if x:
             ax.set_xlim(0, max(x) + 1)
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every tick label, half the cost of a plot
+    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.12, top=0.84 if title else 0.9, wspace=0.22)
     fig.savefig(out_png, dpi=110)
