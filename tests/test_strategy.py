@@ -14,6 +14,8 @@ from scenarios.loader import load_scenario
 from server.build import oracle_for
 from server.strategy import GradCovStrategy
 from shared import protocol as p
+from shared.cohort import CohortReplies
+from shared.curvature import HessianCurvature, OracleCurvature
 
 
 def test_docstring_example_runs_in_a_plain_flower_serverapp(monkeypatch):
@@ -84,3 +86,56 @@ def test_the_strategy_sends_its_round_config_on_top_of_the_callers():
 def test_round_config_names_the_bad_key(entries, message):
     with pytest.raises(ValueError, match=message):
         p.RoundConfig.from_config(entries)
+
+
+def _replies(grads: np.ndarray, rows: np.ndarray, probes: np.ndarray | None = None) -> CohortReplies:
+    count, d = grads.shape
+    return CohortReplies(
+        partitions=np.arange(count), probes=np.zeros((count, 0, 0, d)) if probes is None else probes,
+        updates=grads, num_examples=rows, local_rows=rows,
+    )
+
+
+def _round(strategy: GradCovStrategy, w: np.ndarray, replies: CohortReplies, server_round: int = 1) -> np.ndarray:
+    strategy._weights = w  # what configure_train / plan_cohort record before the replies come back
+    arrays, metrics = strategy.aggregate_cohort(server_round, replies)
+    assert metrics["clients-replied"] == len(replies)
+    return arrays["w"].numpy()
+
+
+def test_a_plain_step_is_w_minus_eta_p_times_the_row_weighted_mean_gradient():
+    rng = np.random.default_rng(0)
+    d, count = 4, 5
+    sigma = np.cov(rng.standard_normal((40, d)), rowvar=False)
+    strategy = GradCovStrategy(d, learning_rate=0.3, line_search_memory=0, curvature=OracleCurvature(sigma))
+    grads, rows = rng.standard_normal((count, d)), rng.integers(5, 50, count)
+    w = rng.standard_normal(d)
+    mean = (rows[:, None] * grads).sum(0) / rows.sum()
+    expected = w - 0.3 * strategy.preconditioner @ mean
+    np.testing.assert_allclose(_round(strategy, w, _replies(grads, rows)), expected, rtol=1e-12)
+    fedsgd = GradCovStrategy(d, learning_rate=0.3, line_search_memory=0, precondition=False, probes=0)
+    np.testing.assert_allclose(_round(fedsgd, w, _replies(grads, rows)), w - 0.3 * mean, rtol=1e-12)
+
+
+def test_the_secant_memory_solves_an_exact_quadratic_in_d_rounds_with_p_the_identity():
+    """Exact gradients of one quadratic, P = I: the memory makes conjugate gradients, which
+    land on the optimum after d steps (plain steps would not, at this κ)."""
+    rng = np.random.default_rng(1)
+    d = 4
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    sigma = (basis * np.array([1.0, 3.0, 10.0, 30.0])) @ basis.T
+    b = rng.standard_normal(d)
+    optimum = np.linalg.solve(sigma, b)
+    strategy = GradCovStrategy(d, learning_rate=1 / 30, precondition=False, probes=0, line_search_memory=d)
+    w = np.zeros(d)
+    for rnd in range(1, d + 2):
+        w = _round(strategy, w, _replies((sigma @ w - b)[None], np.array([10])), rnd)
+    np.testing.assert_allclose(w, optimum, rtol=1e-8, atol=1e-10)
+
+
+def test_newton_asks_each_node_for_its_hessian_once():
+    strategy = GradCovStrategy(3, curvature=HessianCurvature(3))
+    cfg = strategy.train_config(1, ConfigRecord())
+    assert strategy.node_config(7, cfg)[p.SEND_HESSIAN] is True
+    assert p.SEND_HESSIAN not in strategy.node_config(7, cfg)
+    assert strategy.probes == 0 and p.RoundConfig.from_config(cfg).probes == 0
