@@ -38,6 +38,7 @@ from shared.cohort import CohortReplies
 from shared.threads import single_thread
 
 CHUNK_FLOATS = 1 << 22  # gathered rows × d per stacked call (32 MB): bounds memory at any cohort size
+EQUATIONS_ROWS_PER_DIM = 4  # N ≥ 4d: full-data gradients from XᵀX and Xᵀy (solves_from_normal_equations)
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,14 @@ def solves_from_normal_equations(model, sizes: np.ndarray, dim: int, cfg) -> np.
     """Which clients take their full-data gradients from XᵀX and Xᵀy (bool, per client).
 
     The linear model's full-data gradient is (XᵀX·w − Xᵀy)/N: O(d²) a round instead of
-    O(N·d) once the rows never change, i.e. clean targets. Only where N ≥ 2d, so the
-    d × d matrices take at most half the memory of the rows they replace. A client's
+    O(N·d) once the rows never change, i.e. clean targets. Only where N ≥ 4d: the d × d
+    matrices then take at most a quarter of the memory of the rows they replace, and
+    below that they save no time (a batched product of d × d costs about what one of
+    N × d does; measured with benchmarks/cohort_clients.py at N = 2d). A client's
     answer depends on its own N alone, so a cohort and a lone client agree.
     """
     usable = hasattr(model, "normal_equations") and cfg.train_gradient == "full" and not cfg.noisy_targets
-    return np.asarray(sizes) >= 2 * dim if usable else np.zeros(len(sizes), dtype=bool)
+    return np.asarray(sizes) >= EQUATIONS_ROWS_PER_DIM * dim if usable else np.zeros(len(sizes), dtype=bool)
 
 
 class NormalEquations:
@@ -105,7 +108,7 @@ class NormalEquations:
     def __init__(self, model, data: CohortData) -> None:
         self._model, self._data = model, data
         dim = data.X.shape[1]
-        eligible = np.flatnonzero(data.sizes >= 2 * dim)
+        eligible = np.flatnonzero(data.sizes >= EQUATIONS_ROWS_PER_DIM * dim)
         self._slot = np.full(len(data.sizes), -1, dtype=np.int64)
         self._slot[eligible] = np.arange(len(eligible))
         # untouched pages cost no memory: only clients that trained take any
@@ -116,7 +119,7 @@ class NormalEquations:
         """(XᵀX, Xᵀy) of the clients at these federation positions: (g, d, d), (g, d)."""
         slots = self._slot[ids]
         if (slots < 0).any():
-            raise ValueError("normal equations of a client that holds fewer than 2d rows")
+            raise ValueError(f"normal equations of a client that holds fewer than {EQUATIONS_ROWS_PER_DIM}d rows")
         new = ids[~self._known[slots]]
         for size in np.unique(self._data.sizes[new]):
             same = new[self._data.sizes[new] == size]

@@ -42,18 +42,19 @@ def test_cohort_path_matches_per_message_path(tmp_path, name, method, overrides)
 
 def test_kept_normal_equations_are_a_lone_clients_bits_whichever_clients_asked_first():
     rng = np.random.default_rng(3)
-    sizes = np.array([40, 13, 40, 57, 40, 9])  # d = 6: the clients of 9 rows hold fewer than 2d
+    sizes = np.array([40, 13, 40, 57, 40, 9])  # d = 6: the clients of 13 and 9 rows hold fewer than 4d
     X, y = rng.standard_normal((sizes.sum(), 6)), rng.standard_normal(sizes.sum())
     starts = np.cumsum(sizes) - sizes
     data = CohortData(X, y, starts, sizes, np.arange(6))
     model = LinearModel(6)
     kept = NormalEquations(model, data)
     first = kept.get(np.array([2, 0]))  # computed now
-    again = kept.get(np.array([0, 2, 4, 3, 1]))  # 0 and 2 kept, the rest computed now
-    for position, client in enumerate([0, 2, 4, 3, 1]):
+    again = kept.get(np.array([0, 2, 4, 3]))  # 0 and 2 kept, the rest computed now
+    for position, client in enumerate([0, 2, 4, 3]):
         lo, hi = starts[client], starts[client] + sizes[client]
         gram, xty = model.normal_equations(X[None, lo:hi].copy(), y[None, lo:hi].copy())
         assert np.array_equal(again[0][position], gram[0]) and np.array_equal(again[1][position], xty[0])
     assert np.array_equal(first[0], again[0][[1, 0]])
-    with pytest.raises(ValueError, match="fewer than 2d"):
-        kept.get(np.array([5]))
+    for small in (1, 5):
+        with pytest.raises(ValueError, match="fewer than 4d"):
+            kept.get(np.array([small]))
