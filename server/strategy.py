@@ -8,6 +8,7 @@ ServerApp does that to stop at a target and record oracle metrics).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from logging import INFO
 
@@ -27,6 +28,8 @@ from shared.lbfgs import LBFGSMemory
 from shared.lowrank import LowRankPreconditioner
 from shared.robust import ReplyHistory
 from shared.secant import SecantMemory, gradients_are_exact
+
+MAX_PROBE_BOOST = 2.0  # dropouts raise the probes asked of the others at most this much
 
 
 class GradCovStrategy(Strategy):
@@ -57,7 +60,9 @@ class GradCovStrategy(Strategy):
         n, the rows in one probe batch (and in a training mini-batch).
     probes : int, default 4
         Probe gradients per client, round and noise level; 0 asks for none
-        (plain FedSGD when ``precondition`` is off).
+        (plain FedSGD when ``precondition`` is off). During Σ̂'s warm-up, a share of
+        sampled clients that did not reply raises it for the others (up to
+        ``MAX_PROBE_BOOST`` times), so dropouts do not lengthen the warm-up.
     calibration : float, default 1.0
         c: clients make the total target-noise variance c·n (squared target units).
     natural_var : float, default 0.0
@@ -219,6 +224,9 @@ class GradCovStrategy(Strategy):
         self.lbfgs = LBFGSMemory(line_search_memory) if self.secant is not None and step_rule == "lbfgs" else None
         self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
         self._last_exact = True  # whether ĝ at the memory's last point was exact
+        self._asked = 0  # nodes sampled so far (rounds whose replies came back)
+        self._replied = 0  # … and how many of them replied
+        self._sampled = 0  # nodes sampled this round
         self.table = GradientTable(dim)  # every client's latest gradient: ĝ of the whole federation
         self.history = ReplyHistory(dim)  # every client's last gradient, to check its next one
 
@@ -263,7 +271,7 @@ class GradCovStrategy(Strategy):
         return p.RoundConfig(
             server_round=server_round,
             batch_size=self.batch_size,
-            probes=self.probes if self.curvature.wants_probes() else 0,
+            probes=self._probes_to_ask() if self.curvature.wants_probes() else 0,
             noise_levels=tuple(float(c) for c in self.noise_levels),
             natural_var=float(self.natural_var),
             label_clip=float(self.label_clip or 0.0),
@@ -273,6 +281,16 @@ class GradCovStrategy(Strategy):
             local_learning_rate=float(self.local_learning_rate),
             probe_dtype=self.probe_dtype,
         )
+
+    def _probes_to_ask(self) -> int:
+        """``probes``, raised during Σ̂'s warm-up by the share of sampled clients that did not
+        reply in earlier rounds (at most ``MAX_PROBE_BOOST`` times), so that dropouts do not
+        lengthen the warm-up: the probes pooled per round, and their uplink bytes, stay
+        as planned."""
+        if self._asked == 0 or self._replied >= self._asked or self.curvature.warmed_up():
+            return self.probes
+        rate = max(self._replied / self._asked, 1.0 / MAX_PROBE_BOOST)
+        return int(math.ceil(self.probes / rate))
 
     def train_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
         """The round's protocol on top of the caller's config."""
@@ -285,7 +303,9 @@ class GradCovStrategy(Strategy):
         self._weights = arrays[p.WEIGHTS].numpy().astype(float)
         cfg = self.train_config(server_round, config)
         messages = []
-        for node in self.sample(grid, server_round):
+        nodes = self.sample(grid, server_round)
+        self._sampled = len(nodes)
+        for node in nodes:
             out = ArrayRecord({p.WEIGHTS: Array(self._weights)})
             if self._send_preconditioner(node):
                 out[p.PRECONDITIONER] = Array(self.preconditioner)
@@ -301,6 +321,7 @@ class GradCovStrategy(Strategy):
         self._weights = arrays[p.WEIGHTS].numpy().astype(float)
         cfg = self.train_config(server_round, config)
         nodes = self.sample(grid, server_round)
+        self._sampled = len(nodes)
         return CohortRequest(
             nodes=nodes,
             weights=self._weights,
@@ -352,6 +373,7 @@ class GradCovStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """:meth:`aggregate_train` on the round's valid replies stacked in partition order
         (what the inline engine's cohort path returns; the message path stacks its replies)."""
+        self._asked, self._replied = self._asked + max(self._sampled, len(replies)), self._replied + len(replies)
         if not len(replies):
             return None, MetricRecord({"clients-replied": 0})
         pids = replies.partitions.tolist()

@@ -139,3 +139,22 @@ def test_newton_asks_each_node_for_its_hessian_once():
     assert strategy.node_config(7, cfg)[p.SEND_HESSIAN] is True
     assert p.SEND_HESSIAN not in strategy.node_config(7, cfg)
     assert strategy.probes == 0 and p.RoundConfig.from_config(cfg).probes == 0
+
+
+def test_dropouts_raise_the_probes_asked_during_the_warm_up_only():
+    """With 3 of 4 sampled clients replying, the next round asks 4/3 as many probes (so
+    the warm-up pools as many a round as planned); never past MAX_PROBE_BOOST times; and
+    no more once Σ̂ is warmed up."""
+    d, rng = 3, np.random.default_rng(5)
+    strategy = GradCovStrategy(d, probes=6, batch_size=8, warmup_gradients=40, line_search_memory=0)
+    assert strategy.round_config(1).probes == 6
+    strategy._weights, strategy._sampled = np.zeros(d), 4
+    probes = rng.standard_normal((3, 1, 6, d))
+    strategy.aggregate_cohort(1, _replies(rng.standard_normal((3, d)), np.full(3, 100), probes))
+    assert strategy.round_config(2).probes == 8  # ⌈6 / (3/4)⌉
+    strategy._sampled = 4
+    strategy.aggregate_cohort(2, _replies(rng.standard_normal((1, d)), np.full(1, 100), probes[:1]))
+    assert strategy.round_config(3).probes == 12  # 4 of 8 replied: capped at 2×
+    strategy._sampled = 3
+    strategy.aggregate_cohort(3, _replies(rng.standard_normal((3, d)), np.full(3, 100), probes))
+    assert strategy.curvature.warmed_up() and strategy.round_config(4).probes == 6
