@@ -1,26 +1,29 @@
 """The random draws of a round's clients: which rows each batch uses, and the noise on its targets.
 
-Every client draws from its own stream of a counter-based generator (numpy's
+Every client draws from its own streams of a counter-based generator (numpy's
 :class:`~numpy.random.Philox`): the key is the round's (scenario seed, round,
-the node's noise-secret words), the client's partition id sits in the counter.
-A client's draws therefore depend only on the scenario, the round, its own
-partition and its own row count — never on which other clients were sampled or
-in what order — and a cohort's streams are independent by construction
+the node's noise-secret words), the client's partition id picks its range of
+counters. A client's draws therefore depend only on the scenario, the round, its
+own partition and its own row count — never on which other clients were sampled
+or in what order — and a cohort's streams are independent by construction
 (disjoint counter ranges under one key), with no hashing per client.
 
-Per client, one call reads the whole round's bits; everything after that —
-rows without replacement, Gaussian noise — is computed for all clients at once.
-A lone ClientApp runs the same code for a cohort of one, so both paths see the
-same numbers, bit for bit.
+Clients with consecutive partition ids own consecutive counter ranges, so one
+call reads the bits of a whole run of clients (:func:`stream_words`); everything
+after that — rows without replacement, Gaussian noise — is computed for all
+clients at once. A lone ClientApp runs the same code for a cohort of one, so both
+paths see the same numbers, bit for bit.
 
-Each client's stream, in order (P = levels × probes batches of n rows, S = the
-gradients its training takes, max(local_steps, 1)):
+Each client's fixed-length stream, in order (P = levels × probes batches of n
+rows, S = the gradients its training takes, max(local_steps, 1)):
 
 1. P·n uniforms: the probe batches' rows;
 2. S·n uniforms: the training batches' rows (mini-batch training only);
-3. P·n normals: the probe targets' noise;
-4. S·m normals: the training targets' noise (noisy targets only; m = n, or N for
-   full-data gradients).
+3. P·n normals: the probe targets' noise.
+
+and, with noisy targets only, a second stream of S·m normals, the training
+targets' noise (m = n, or N for full-data gradients: its length depends on the
+client, :func:`ragged_stream_words`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 from scipy.special import ndtri
 
 DRAWS_STREAM = 0xD7  # seed word that keeps these streams apart from the scenario's other generators
+MAX_GAP = 8  # partition ids further apart start a new read (stream_words)
 _HALF_ULP = 0.5
 
 
@@ -49,36 +53,73 @@ def round_key(seed: int, server_round: int, noise_words: list[int] | tuple[int, 
     return np.random.SeedSequence(entropy).generate_state(2, np.uint64)
 
 
-def stream_bits(key: np.ndarray, partitions: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``counts[c]`` 64-bit words of each client's stream, back to back.
+def _philox(key: np.ndarray) -> tuple[np.random.Philox, dict, np.ndarray]:
+    """A Philox generator under ``key``, the state dict that restarts it, and that dict's counter."""
+    counter = np.zeros(4, dtype=np.uint64)
+    state = {"bit_generator": "Philox", "state": {"counter": counter, "key": np.asarray(key, dtype=np.uint64)},
+             "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return np.random.Philox(key=key), state, counter
+
+
+def stream_words(key: np.ndarray, partitions: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` 64-bit words of each client's fixed-length stream, shape (c, count).
+
+    Client p's stream is the Philox blocks after counter p·B (B = ⌈count/4⌉ blocks of
+    four words): clients with consecutive ids own consecutive counter ranges, so one
+    call reads a whole run of them, and a client's words are the same whether it is
+    read alone or in any run. Runs are cut where ids are more than ``MAX_GAP`` apart
+    (reading the skipped clients' words costs less than another call below that).
 
     Parameters
     ----------
     key : ndarray of uint64, shape (2,)
         :func:`round_key`.
     partitions : ndarray of int, shape (c,)
-        Each client's partition id, ≥ 0: its stream starts at Philox counter (0, 0, id, 0).
-    counts : ndarray of int, shape (c,)
+        Each client's partition id, ≥ 0.
+    count : int
+        Words per client: the same for every client of a round.
+    """
+    partitions = np.asarray(partitions, dtype=np.int64)
+    width = 4 * -(-count // 4)
+    out = np.empty((len(partitions), count), dtype=np.uint64)
+    if count == 0 or len(partitions) == 0:
+        return out
+    generator, state, counter = _philox(key)
+    order = np.argsort(partitions, kind="stable")
+    ids = partitions[order]
+    cuts = np.flatnonzero(np.diff(ids) > MAX_GAP) + 1
+    for run in np.split(np.arange(len(ids)), cuts):
+        first, last = int(ids[run[0]]), int(ids[run[-1]])
+        counter[0] = first * (width // 4)  # < 2⁶⁴ blocks: the counter's first word holds it
+        generator.state = state  # copies the counter: the stream restarts there
+        words = generator.random_raw((last - first + 1) * width).reshape(-1, width)
+        out[order[run]] = words[ids[run] - first, :count]
+    return out
+
+
+def ragged_stream_words(key: np.ndarray, partitions: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``counts[c]`` words of each client's variable-length stream, back to back.
+
+    A second family of streams, for draws whose number depends on the client (noise on
+    all N rows): client p's starts at counter (0, 0, p, 1), apart from every fixed-length
+    stream (:func:`stream_words`), and is read with one call per client.
 
     Returns
     -------
-    bits : ndarray of uint64, shape (sum(counts),)
+    words : ndarray of uint64, shape (sum(counts),)
     starts : ndarray of int64, shape (c,)
-        Where each client's words begin in ``bits``.
+        Where each client's words begin in ``words``.
     """
     counts = np.asarray(counts, dtype=np.int64)
     starts = np.cumsum(counts) - counts
-    bits = np.empty(int(counts.sum()), dtype=np.uint64)
-    generator = np.random.Philox(key=key)
-    counter = np.zeros(4, dtype=np.uint64)
-    state = {"bit_generator": "Philox", "state": {"counter": counter, "key": np.asarray(key, dtype=np.uint64)},
-             "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
-    # counter word 2 holds the partition: a client reads < 2⁶⁴ blocks, so streams never meet
+    words = np.empty(int(counts.sum()), dtype=np.uint64)
+    generator, state, counter = _philox(key)
+    counter[3] = 1
     for pid, lo, count in zip(np.asarray(partitions).tolist(), starts.tolist(), counts.tolist()):
         counter[2] = pid
-        generator.state = state  # copies the counter: a fresh stream for this client
-        bits[lo : lo + count] = generator.random_raw(count)
-    return bits, starts
+        generator.state = state
+        words[lo : lo + count] = generator.random_raw(count)
+    return words, starts
 
 
 def unit_uniforms(bits: np.ndarray) -> np.ndarray:
@@ -190,10 +231,7 @@ def round_draws(
     sizes = np.asarray(sizes, dtype=np.int64)
     c, n, P, S = len(sizes), batch_size, probe_batches, train_steps
     row_draws = P * n + (S * n if minibatch else 0)
-    used = np.full(c, n, dtype=np.int64) if minibatch else sizes
-    counts = 2 * P * n + (S * n if minibatch else 0) + (S * used if noisy_targets else 0)
-    bits, starts = stream_bits(key, partitions, np.broadcast_to(counts, (c,)))
-    fixed = bits[starts[:, None] + np.arange(row_draws + P * n)]  # (c, row draws + P·n)
+    fixed = stream_words(key, partitions, row_draws + P * n)  # (c, row draws + P·n)
     u = unit_uniforms(fixed[:, :row_draws])
     probe_rows = rows_without_replacement(u[:, : P * n].reshape(c * P, n), np.repeat(sizes, P)).reshape(c, P, n)
     train_rows: list[np.ndarray | None] = [None] * S
@@ -203,9 +241,7 @@ def round_draws(
     probe_normals = standard_normals(fixed[:, row_draws:]).reshape(c, P, n)
     train_normals = train_starts = None
     if noisy_targets:
-        train_starts = starts + row_draws + P * n
-        total = S * used
-        ends = np.cumsum(total)
-        where = np.arange(int(ends[-1]) if c else 0) - np.repeat(ends - total - train_starts, total)
-        train_normals, train_starts = standard_normals(bits[where]), ends - total
+        used = np.full(c, n, dtype=np.int64) if minibatch else sizes
+        words, train_starts = ragged_stream_words(key, partitions, S * used)
+        train_normals = standard_normals(words)
     return RoundDraws(probe_rows, probe_normals, train_rows, train_normals, train_starts)

@@ -20,10 +20,11 @@ Compare two trees with::
 (``--cli scenarios.cli`` is the entry point before the layout move.) The digests of
 commit 7a13870, before issue 8's refactor, are in docs/rounds-digest-7a13870.txt;
 the layout move (fc34de0) kept all 50. Commit 01caf34 (closed-form client gradients)
-changed the last bits of every run on purpose, and so did a8d534d (each client's
-draws from its own Philox stream, client/draws.py: other batches and noise) and
-d1af1b8 (full-data gradients from each client's XᵀX and Xᵀy), so check a refactor
-against the main commit just before it, not against that file. All 50 runs take about 90 s on an idle
+changed the last bits of every run on purpose, and so did a8d534d and the later
+commits to client/draws.py (each client's draws from its own Philox counters: other
+batches and noise) and d1af1b8 (full-data gradients from each client's XᵀX and
+Xᵀy), so check a refactor against the main commit just before it, not against that
+file. All 50 runs take about 90 s on an idle
 core; ``--max-rounds 40`` cuts that by half on a busy machine.
 """
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.draws import round_draws, round_key, rows_without_replacement, standard_normals, stream_bits
+from client.draws import (
+    MAX_GAP,
+    ragged_stream_words,
+    round_draws,
+    round_key,
+    rows_without_replacement,
+    standard_normals,
+    stream_words,
+)
 
 SETTINGS = dict(probe_batches=6, batch_size=5, train_steps=3, minibatch=True, noisy_targets=True)
 
@@ -71,7 +79,7 @@ def test_full_data_training_noise_has_each_clients_own_length():
 
 def test_streams_differ_by_partition_round_seed_and_secret():
     def bits(seed, rnd, pid, words=()):
-        return stream_bits(round_key(seed, rnd, words), np.array([pid]), np.array([4]))[0]
+        return stream_words(round_key(seed, rnd, words), np.array([pid]), 4)[0]
 
     base = bits(1, 1, 0)
     assert np.array_equal(base, bits(1, 1, 0))
@@ -82,5 +90,26 @@ def test_streams_differ_by_partition_round_seed_and_secret():
 def test_standard_normals_are_finite_and_standard():
     extremes = np.array([0, 2**64 - 1], dtype=np.uint64)
     assert np.all(np.isfinite(standard_normals(extremes)))
-    z = standard_normals(stream_bits(round_key(3, 1), np.array([0]), np.array([200_000]))[0])
+    z = standard_normals(stream_words(round_key(3, 1), np.array([0]), 200_000)[0])
     assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+
+
+@pytest.mark.parametrize("count", [1, 4, 6, 256])
+def test_a_clients_words_are_the_same_read_alone_or_in_any_run(count):
+    key = round_key(5, 2)
+    ids = np.array([40, 3, 4, 5, 41, 7, 3 + MAX_GAP + 40, 1000, 0])  # runs, gaps below and above MAX_GAP
+    together = stream_words(key, ids, count)
+    alone = np.stack([stream_words(key, ids[i : i + 1], count)[0] for i in range(len(ids))])
+    assert together.shape == (len(ids), count) and np.array_equal(together, alone)
+    dense = stream_words(key, np.arange(50), count)
+    assert np.array_equal(dense[[40, 3, 4, 5, 41, 7, 0]], together[[0, 1, 2, 3, 4, 5, 8]])
+    assert len(np.unique(dense)) == dense.size  # neighbours' streams do not overlap
+
+
+def test_the_ragged_streams_are_apart_from_the_fixed_ones():
+    key = round_key(5, 2)
+    words, starts = ragged_stream_words(key, np.array([3, 0]), np.array([5, 9]))
+    assert np.array_equal(starts, [0, 5]) and words.shape == (14,)
+    assert np.array_equal(words[:5], ragged_stream_words(key, np.array([3]), np.array([5]))[0])
+    fixed = stream_words(key, np.arange(10), 64)
+    assert not np.isin(words, fixed).any()
