@@ -159,12 +159,14 @@ def rows_without_replacement(u: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         raise ValueError(f"batch_size must be at most the client's rows: {n} > {int(sizes.min())}")
     starts = np.cumsum(sizes) - sizes
     table = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts, sizes)
-    for j in range(n):
-        left = sizes - j
-        here = starts + j
-        there = here + np.minimum((u[:, j] * left).astype(np.int64), left - 1)
-        table[here], table[there] = table[there], table[here]
-    return table[starts[:, None] + np.arange(n)]
+    left = sizes[:, None] - np.arange(n)  # N − j
+    here = starts[:, None] + np.arange(n)
+    # every step's two positions up front (they do not depend on the table): the loop only swaps
+    there = (here + np.minimum((u * left).astype(np.int64), left - 1)).T.copy()
+    here_by_step = here.T.copy()
+    for i, t in zip(here_by_step, there):
+        table[i], table[t] = table[t], table[i]
+    return table[here]
 
 
 @dataclass(frozen=True)
