@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 from _support import rows_without_seconds
 
+from client.client_app import app as client_app
 from client.cohort import CohortData, NormalEquations
 from client.task import LinearModel
 from fedsigma.engines.dispatch import run_engine
+from fedsigma.engines.inline import InlineGrid
 from scenarios.loader import bundled_names, load_scenario
+from scenarios.node_data import node_configs_for
+from scenarios.run_config import encode
 
 # a few rounds each: cross_device alone would take minutes on the per-message path
 CASES = [(name, "gradcov", ["stop.max_rounds=6"]) for name in bundled_names()] + [
@@ -25,6 +29,9 @@ CASES = [(name, "gradcov", ["stop.max_rounds=6"]) for name in bundled_names()] +
     # probes on the wire in each dtype: the same rounding, bytes and widening on both paths
     ("quickstart", "gradcov", ["protocol.probe_dtype='float16'", "stop.max_rounds=6"]),
     ("quickstart", "gradcov", ["protocol.probe_dtype='float64'", "stop.max_rounds=6"]),
+    # dropouts: the cohort leaves out the clients the ClientApp would drop
+    ("quickstart", "gradcov", ["faults.dropout=0.3", "stop.max_rounds=8"]),
+    ("quickstart", "fedsgd-memory", ["faults.dropout=0.2", "clients.fraction=0.5", "stop.max_rounds=6"]),
 ]
 
 
@@ -58,3 +65,15 @@ def test_kept_normal_equations_are_a_lone_clients_bits_whichever_clients_asked_f
     for small in (1, 5):
         with pytest.raises(ValueError, match="fewer than 4d"):
             kept.get(np.array([small]))
+
+
+@pytest.mark.parametrize("faults, cohort", [
+    (["faults.dropout=0.3"], True),  # dropouts: the cohort leaves the dropped clients out itself
+    (["faults.byzantine=1", "faults.byzantine_kind='sign_flip'"], False),  # edits single messages
+    (["faults.stragglers=0.2", "faults.straggler_delay=0.5"], False),
+])
+def test_which_faults_the_cohort_path_runs(tmp_path, faults, cohort):
+    scenario = load_scenario("quickstart", faults)
+    grid = InlineGrid(client_app, node_configs_for(scenario.clients.count),
+                      encode(scenario, str(tmp_path), "inline"), cohort=True)
+    assert (grid.cohort is not None) == cohort

@@ -29,6 +29,7 @@ from client.cohort import FederationCohort
 from client.faults import plan_for
 from client.policy import PolicyError, node_settings
 from scenarios.run_config import scenario_of
+from shared import protocol as p
 from shared.cohort import CohortReplies, CohortRequest
 from shared.deadline import DeadlineExceeded, deadline
 
@@ -58,9 +59,10 @@ class InlineGrid(Grid):
         ``client_app`` is fedsigma's own: hold the clients' data as one array
         (:class:`client.cohort.FederationCohort`) and offer ``handshake`` and
         ``train_cohort``. Only when every node has the same node settings (one
-        policy), the shards derive from the scenario and no faults are injected
-        (client.faults acts on single messages); else, and when False,
-        every round goes through the ClientApp.
+        policy), the shards derive from the scenario and no stragglers or Byzantine
+        clients are injected (client.faults acts on single messages; dropouts the
+        cohort applies itself); else, and when False, every round goes through the
+        ClientApp.
     """
 
     def __init__(
@@ -157,9 +159,11 @@ class InlineGrid(Grid):
     def _cohort(self, run_config: dict) -> FederationCohort | None:
         shared = [{k: v for k, v in cfg.items() if k not in NODE_IDENTITY} for cfg in self._configs.values()]
         scenario = scenario_of(run_config)
+        faults = plan_for(scenario)
         if not shared or any(s != shared[0] for s in shared) or scenario.data.kind == "nodes" \
-                or plan_for(scenario).active:  # injected faults act on single messages
+                or faults.stragglers or faults.byzantine:  # these faults act on single messages
             return None
+        self._faults = faults  # dropouts: the cohort leaves out whom the ClientApp would drop
         try:
             cohort = FederationCohort(run_config, node_settings(self.context(next(iter(self._configs)))))
         except PolicyError:  # refused: the ClientApp path gives every node its error reply
@@ -176,8 +180,12 @@ class InlineGrid(Grid):
     def train_cohort(self, request: CohortRequest) -> CohortReplies:
         """Every requested node's reply to one round, computed together."""
         partitions = np.array([self._partition[n] for n in request.nodes], dtype=np.int64)
-        return self.cohort.train(partitions, request.weights, request.config, request.preconditioner,
-                                 request.send_hessian)
+        rnd = int(request.config[p.ROUND])
+        # the same per-(partition, round) draw as client.faults in the ClientApp: a dropped
+        # client computes nothing and sends nothing, the others' numbers do not depend on it
+        replying = np.array([not self._faults.drops(int(pid), rnd) for pid in partitions], dtype=bool)
+        return self.cohort.train(partitions[replying], request.weights, request.config, request.preconditioner,
+                                 request.send_hessian[replying])
 
 
 def run_inline(
