@@ -8,6 +8,7 @@ from _support import rows_without_seconds
 
 from client.client_app import app as client_app
 from client.cohort import CohortData, NormalEquations
+from client.policy import ENV_NODE_CONFIG
 from client.task import LinearModel
 from fedsigma.engines.dispatch import run_engine
 from fedsigma.engines.inline import InlineGrid
@@ -77,3 +78,16 @@ def test_which_faults_the_cohort_path_runs(tmp_path, faults, cohort):
     grid = InlineGrid(client_app, node_configs_for(scenario.clients.count),
                       encode(scenario, str(tmp_path), "inline"), cohort=True)
     assert (grid.cohort is not None) == cohort
+
+
+def test_a_noise_secret_reaches_the_cohort_path_too(tmp_path, monkeypatch):
+    """Every node's noise-secret (here from FEDSIGMA_NODE_CONFIG) seeds the cohort's draws as it
+    seeds a lone ClientApp's: the same numbers both ways, and not those of a run without it."""
+    scenario = load_scenario("quickstart", ["stop.max_rounds=3"])
+    run_engine(scenario, tmp_path / "open", "gradcov", cohort=True)
+    monkeypatch.setenv(ENV_NODE_CONFIG, '{"noise-secret": "only the nodes know"}')
+    run_engine(scenario, tmp_path / "cohort", "gradcov", cohort=True)
+    run_engine(scenario, tmp_path / "messages", "gradcov", cohort=False)
+    secret = rows_without_seconds(tmp_path / "cohort" / "rounds.csv")
+    assert secret == rows_without_seconds(tmp_path / "messages" / "rounds.csv")
+    assert secret != rows_without_seconds(tmp_path / "open" / "rounds.csv")
