@@ -8,12 +8,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.cohort import CohortData, cohort_round
-from client.draws import round_key
+from client.cohort import CohortData, cohort_round, local_round_config
 from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
 from client.policy import enforce, noise_seed_words
-from client.task import GradientOracle, linear_model, training_direction
+from client.task import GradientOracle, linear_model
 from scenarios.node_data import client_rows
 from scenarios.run_config import scenario_of
 from shared import protocol as p
@@ -70,22 +69,22 @@ def local_training(msg: Message, context: Context) -> Message:
     """``local-steps`` (at least one) gradient steps from w; reply the new weights.
 
     This is what Flower's FedAvg/FedAdam/FedYogi/FedAdagrad expect: they
-    average the returned arrays weighted by ``num-examples``.
+    average the returned arrays weighted by ``num-examples``. The steps are
+    :func:`client.cohort.cohort_round`'s local steps with P = I and no probes
+    (:func:`client.cohort.local_round_config`), so the inline engine's cohort gives
+    the same bits.
     """
     X, y, pid, seed = local_data(context)
-    cfg = msg.content[p.CONFIG]
+    cfg = local_round_config(msg.content[p.CONFIG])
     w = msg.content[p.ARRAYS][p.WEIGHTS].numpy()
-    key = round_key(seed, int(cfg[p.ROUND]), noise_seed_words(context))
+    one = CohortData(X, y, np.array([0]), np.array([len(X)]), np.array([pid]))
     with single_thread():
-        update, used = training_direction(
-            gradient_oracle(X.shape[1]), w, X, y, kind=str(cfg[p.TRAIN_GRADIENT]),
-            batch_size=int(cfg[p.BATCH_SIZE]), noise_std=0.0, local_steps=max(int(cfg[p.LOCAL_STEPS]), 1),
-            local_lr=float(cfg[p.LOCAL_LR]), precond=None, key=key, partition=pid,
-        )
+        got = cohort_round(gradient_oracle(X.shape[1]).model, one, w, cfg.to_config(), seed=seed, precond=None,
+                           send_hessian=np.array([False]), noise_words=noise_seed_words(context))
     reply = RecordDict(
         {
-            p.ARRAYS: ArrayRecord({p.WEIGHTS: Array(w + update)}),
-            p.METRICS: MetricRecord({p.PARTITION_ID: pid, p.NUM_EXAMPLES: used}),
+            p.ARRAYS: ArrayRecord({p.WEIGHTS: Array(w + got.updates[0])}),
+            p.METRICS: MetricRecord({p.PARTITION_ID: pid, p.NUM_EXAMPLES: int(got.num_examples[0])}),
         }
     )
     return Message(reply, reply_to=msg)

@@ -138,6 +138,23 @@ def round_settings(config) -> SimpleNamespace:
     return SimpleNamespace(**asdict(p.RoundConfig.from_config(config)))
 
 
+def local_round_config(config) -> p.RoundConfig:
+    """What a local-training message (``mode = local``: Flower's FedAvg, FedAdam, …) asks,
+    as the GradCov round that computes it: ``local-steps`` (at least one) steps with
+    P = I on clean targets, no probes.
+
+    Parameters
+    ----------
+    config : mapping
+        The message's config record (server.baselines.local_training_config plus the round).
+    """
+    return p.RoundConfig(
+        server_round=int(config[p.ROUND]), batch_size=int(config[p.BATCH_SIZE]),
+        train_gradient=str(config[p.TRAIN_GRADIENT]), local_steps=max(int(config[p.LOCAL_STEPS]), 1),
+        local_learning_rate=float(config[p.LOCAL_LR]),
+    )
+
+
 def cohort_round(
     model, data: CohortData, w: np.ndarray, config, *, seed: int, precond: np.ndarray | None = None,
     send_hessian: np.ndarray | None = None, probe_levels: list[float] | None = None,

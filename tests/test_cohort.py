@@ -33,6 +33,10 @@ CASES = [(name, "gradcov", ["stop.max_rounds=6"]) for name in bundled_names()] +
     # dropouts: the cohort leaves out the clients the ClientApp would drop
     ("quickstart", "gradcov", ["faults.dropout=0.3", "stop.max_rounds=8"]),
     ("quickstart", "fedsgd-memory", ["faults.dropout=0.2", "clients.fraction=0.5", "stop.max_rounds=6"]),
+    # Flower's own strategies: a round of local training runs as one cohort
+    ("quickstart", "fedavg", ["stop.max_rounds=4"]),
+    ("quickstart", "fedadam", ["training.gradient='minibatch'", "faults.dropout=0.2", "stop.max_rounds=4"]),
+    ("non_iid", "fedyogi", ["clients.fraction=0.5", "stop.max_rounds=4"]),
 ]
 
 

@@ -18,15 +18,15 @@ import traceback
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import app as fedsigma_client_app
-from client.cohort import FederationCohort
-from client.faults import plan_for
+from client.cohort import FederationCohort, local_round_config
+from client.faults import dropped, plan_for
 from client.policy import PolicyError, node_settings
 from scenarios.run_config import scenario_of
 from shared import protocol as p
@@ -124,7 +124,12 @@ class InlineGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        """Run the ClientApp on each queued message; exceptions become error replies."""
+        """Run the ClientApp on each queued message; exceptions become error replies.
+        A round of Flower's strategies (local training) runs as one cohort when it can."""
+        message_ids = list(message_ids)
+        local = self._local_round(message_ids)
+        if local is not None:
+            return local
         replies = []
         for mid in message_ids:
             msg = self._pending.pop(mid, None)
@@ -170,6 +175,58 @@ class InlineGrid(Grid):
             return None
         self._partition = {node: int(cfg["partition-id"]) for node, cfg in self._configs.items()}
         return cohort
+
+    def _local_round(self, message_ids: list[str]) -> list[Message] | None:
+        """The replies to a round of local-training messages (Flower's FedAvg, FedAdam, …:
+        client.client_app.local_training) computed as one cohort, or None when these
+        messages are not such a round, or there is no cohort (whose federation has no
+        stragglers, so the round's deadline cannot pass during the computation).
+
+        Every message must carry the same w and config; each reply holds the node's
+        new weights and counts as the ClientApp's, bit for bit (tests/test_cohort.py),
+        with the node policy's μ fields; a client the faults drop gets Flower's error
+        for a reply that never came, as from the ClientApp."""
+        if self.cohort is None or not message_ids:
+            return None
+        msgs = [self._pending.get(mid) for mid in message_ids]
+        if any(m is None or m.metadata.message_type != "train" or not m.has_content() for m in msgs):
+            return None
+        cfg = msgs[0].content.get(p.CONFIG)
+        if cfg is None or str(cfg.get(p.MODE, "")) != p.MODE_LOCAL:
+            return None
+        weights = msgs[0].content[p.ARRAYS][p.WEIGHTS].numpy()
+        for m in msgs[1:]:
+            if dict(m.content[p.CONFIG]) != dict(cfg) or not np.array_equal(
+                    m.content[p.ARRAYS][p.WEIGHTS].numpy(), weights):
+                return None
+        rnd = int(cfg[p.ROUND])
+        round_cfg = local_round_config(cfg)  # what client.client_app.local_training computes
+        for mid in message_ids:
+            del self._pending[mid]
+        nodes = [m.metadata.dst_node_id for m in msgs]
+        partitions = np.array([self._partition[n] for n in nodes], dtype=np.int64)
+        dropped_out = np.array([self._faults.drops(int(pid), rnd) for pid in partitions], dtype=bool)
+        got = self.cohort.train(partitions[~dropped_out], weights, round_cfg.to_config(), None,
+                                np.zeros(int((~dropped_out).sum()), dtype=bool))
+        by_partition = {int(pid): k for k, pid in enumerate(got.partitions)}
+        secret = int(bool(self.cohort.policy.noise_secret))
+        replies = []
+        for msg, pid, dropped_now in zip(msgs, partitions.tolist(), dropped_out):
+            k = by_partition.get(pid)
+            if dropped_now:
+                replies.append(dropped(msg))
+            elif k is None:  # refused by the node policy
+                replies.append(Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, got.refusal or "refused"),
+                                       reply_to=msg))
+            else:
+                metrics = MetricRecord({
+                    p.PARTITION_ID: pid, p.NUM_EXAMPLES: int(got.num_examples[k]),
+                    p.MU_PROBE: float(got.metrics[p.MU_PROBE][k]), p.MU_SPENT: float(got.metrics[p.MU_SPENT][k]),
+                    p.NOISE_SECRET: secret,
+                })
+                arrays = ArrayRecord({p.WEIGHTS: Array(weights + got.updates[k])})
+                replies.append(Message(RecordDict({p.ARRAYS: arrays, p.METRICS: metrics}), reply_to=msg))
+        return replies
 
     def handshake(self) -> dict[int, tuple[int, int]]:
         """node id → (partition id, local rows): what the ``hello`` query returns, without messages."""
