@@ -108,8 +108,8 @@ def corrupt_array(x: np.ndarray, kind: str, rng: np.random.Generator, probes: bo
         ``nan``/``inf`` fill it; ``wrong_shape`` adds one entry along the last
         axis; ``scale`` multiplies it by 1e6; ``sign_flip`` negates it;
         ``random`` replaces it by Gaussian noise of the same root-mean-square;
-        ``flood`` repeats the probes to FLOOD_PROBES over all levels (other
-        arrays unchanged). ``uncalibrated`` and ``inflate_count`` leave arrays
+        ``flood`` repeats the probes to FLOOD_PROBES over all levels, also when
+        the round asked for none (other arrays unchanged). ``uncalibrated`` and ``inflate_count`` leave arrays
         alone (they act on the noise levels and on the counts).
     rng : Generator
         Draws the ``random`` replacement.
@@ -139,9 +139,9 @@ def _corrupted(x: np.ndarray, kind: str, rng: np.random.Generator, probes: bool)
     if kind == "random":
         rms = float(np.sqrt(np.mean(x**2))) if x.size else 0.0
         return rng.normal(0.0, rms or 1.0, size=x.shape)
-    if kind == "flood" and probes and x.size:
-        levels, _, dim = x.shape
-        return np.resize(x, (levels, FLOOD_PROBES // levels, dim))
+    if kind == "flood" and probes:  # even in a round that asked for none: a flooder floods
+        levels, dim = max(x.shape[0], 1), x.shape[-1]
+        return np.resize(x if x.size else np.ones((levels, 1, dim)), (levels, FLOOD_PROBES // levels, dim))
     return x
 
 

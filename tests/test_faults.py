@@ -127,6 +127,14 @@ def test_corrupt_array_leaves_other_kinds_alone():
     assert np.array_equal(corrupt_array(x[0, 0], "flood", rng), x[0, 0])
 
 
+def test_a_flooder_floods_even_when_no_probes_were_asked():
+    """A round past the adaptive probe budget asks for none: the flooder still sends 10⁶
+    probes (and is rejected), instead of turning honest and joining ḡ."""
+    none = np.zeros((0, 0, 3), dtype=np.float16)
+    out = corrupt_array(none, "flood", np.random.default_rng(0), probes=True)
+    assert out.shape == (1, FLOOD_PROBES, 3) and out.dtype == np.float16
+
+
 def test_stragglers_sleep_the_delay_every_round_and_only_they(monkeypatch):
     slept = []
     monkeypatch.setattr("client.faults.sleep", slept.append)
