@@ -223,7 +223,6 @@ class GradCovStrategy(Strategy):
         self.step_rule, self.memory_on_inexact = step_rule, memory_on_inexact
         self.lbfgs = LBFGSMemory(line_search_memory) if self.secant is not None and step_rule == "lbfgs" else None
         self._repliers: tuple[int, ...] = ()  # partitions behind the gradients in the memory
-        self._last_exact = True  # whether ĝ at the memory's last point was exact
         self._asked = 0  # nodes sampled so far (rounds whose replies came back)
         self._replied = 0  # … and how many of them replied
         self._sampled = 0  # nodes sampled this round
@@ -413,11 +412,6 @@ class GradCovStrategy(Strategy):
             return self._memory_step(mean, exact=True)  # CG / L-BFGS on an inexact ĝ: what the rivals do
         return self._weights - self.learning_rate * (self.preconditioner @ mean)
 
-    def _pairs_from_table(self) -> bool:
-        """Whether rounds that missed clients still give the memory a pair: exact per-client
-        gradients and a Σ̂ past its warm-up to carry the absent ones."""
-        return self._exact_gradients() and self.curvature.warmed_up()
-
     def _forget_steps(self) -> None:
         """Start the memory afresh (its steps belong to another quadratic)."""
         self.secant = SecantMemory(self.secant.memory)
@@ -435,19 +429,9 @@ class GradCovStrategy(Strategy):
                 return self._weights - self.learning_rate * (self.preconditioner @ mean)
             return self._weights - direction
         eta = self.learning_rate
-        if exact and self._last_exact:
+        if exact:
             self.secant.observe(self._weights, mean)
             eta = self.secant.step_size(mean, self.learning_rate)
-        elif self._pairs_from_table():
-            # ĝ is not exact here (or was not at the last point): the step's pair comes from
-            # the clients heard at both points, and Σ̂ for the rest (GradientTable.change)
-            before = self.secant.last_point
-            change = None if before is None else self.table.change(before, self._weights, self.curvature.apply)
-            if change is None:
-                self.secant.observe(self._weights, mean)
-            else:
-                self.secant.observe_change(self._weights, mean, change)
-        self._last_exact = exact
         start, mean = self.secant.minimise(self._weights, mean)
         direction = self.preconditioner @ mean
         if exact:

@@ -39,18 +39,12 @@ class LatestPerClient:
         d, the length of each gradient and point.
     """
 
-    def __init__(self, dim: int, keep_previous: bool = False) -> None:
+    def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.keep_previous = keep_previous
         self.present = np.zeros(0, dtype=bool)
         self.rows = np.zeros(0)
         self.gradients = np.zeros((0, dim))
         self.points = np.zeros((0, dim))
-        # with keep_previous: each client's entry before its latest (its last two replies
-        # give Σ_i times the step between them exactly)
-        self.previous = np.zeros(0, dtype=bool)
-        self.previous_gradients = np.zeros((0, dim if keep_previous else 0))
-        self.previous_points = np.zeros((0, dim if keep_previous else 0))
 
     def _reserve(self, top: int) -> None:
         """Room for partition ids below ``top`` (doubling, so growth is amortised)."""
@@ -62,10 +56,6 @@ class LatestPerClient:
         self.rows = np.concatenate([self.rows, np.zeros(new - size)])
         self.gradients = np.concatenate([self.gradients, np.zeros((new - size, self.dim))])
         self.points = np.concatenate([self.points, np.zeros((new - size, self.dim))])
-        width = self.dim if self.keep_previous else 0
-        self.previous = np.concatenate([self.previous, np.zeros(new - size, dtype=bool)])
-        self.previous_gradients = np.concatenate([self.previous_gradients, np.zeros((new - size, width))])
-        self.previous_points = np.concatenate([self.previous_points, np.zeros((new - size, width))])
 
     def put(self, pids: np.ndarray, rows: np.ndarray, gradients: np.ndarray, point: np.ndarray) -> None:
         """Replace the entries of distinct partitions ``pids`` (K,) with gradients (K, d)
@@ -74,10 +64,6 @@ class LatestPerClient:
         if not len(pids):
             return
         self._reserve(int(pids.max()) + 1)
-        if self.keep_previous:
-            self.previous[pids] = self.present[pids]
-            self.previous_gradients[pids] = self.gradients[pids]
-            self.previous_points[pids] = self.points[pids]
         self.present[pids] = True
         self.rows[pids] = rows
         self.gradients[pids] = gradients
@@ -113,7 +99,7 @@ class GradientTable:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._store = LatestPerClient(dim, keep_previous=True)
+        self._store = LatestPerClient(dim)
 
     def __len__(self) -> int:
         """The number of clients heard from."""
@@ -197,32 +183,3 @@ class GradientTable:
             return mean_gradient
         mean_point = rows @ self._store.points[members] / total
         return mean_gradient + curvature(np.asarray(w, dtype=float) - mean_point)
-
-    def change(self, before: np.ndarray, w: np.ndarray, curvature: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """The federation's gradient change Σ·(w − before), shape (d,), from the table.
-
-        A client that replied at ``before`` and again at w contributes its exact change
-        g_i(w) − g_i(before) = Σ_i (w − before); every other client Σ̂ (w − before)
-        (``curvature``). So with most clients heard at both points the change is
-        nearly exact even in a round some of them missed: a pair the step memory can
-        learn from.
-
-        Parameters
-        ----------
-        before, w : ndarray of shape (d,)
-            The two points (``before`` the earlier).
-        curvature : callable
-            v ↦ Σ̂·v for (d,) vectors.
-        """
-        store = self._store
-        members = store.members()
-        rows = store.rows[members]
-        both = (
-            store.previous[members]
-            & np.all(store.points[members] == np.asarray(w), axis=1)
-            & np.all(store.previous_points[members] == np.asarray(before), axis=1)
-        )
-        total = rows.sum()
-        exact = rows[both] @ (store.gradients[members[both]] - store.previous_gradients[members[both]])
-        carried = rows[~both].sum() * curvature(np.asarray(w, dtype=float) - np.asarray(before, dtype=float))
-        return (exact + carried) / total

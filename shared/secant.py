@@ -76,25 +76,6 @@ class SecantMemory:
                 del self._steps[: -self.memory], self._changes[: -self.memory]
         self._point = (w, g)
 
-    def observe_change(self, w: np.ndarray, g: np.ndarray, change: np.ndarray) -> None:
-        """Like :meth:`observe`, for a gradient g (d,) at w known only approximately: the
-        step from the last point joins S with Σ·step given as ``change`` (d,) instead of
-        the difference of the two gradients."""
-        w, g = np.array(w, dtype=float), np.array(g, dtype=float)
-        if self._point is not None:
-            step = w - self._point[0]
-            norm = float(np.linalg.norm(step))
-            if norm > 0:
-                self._steps.append(step / norm)
-                self._changes.append(np.asarray(change, dtype=float) / norm)
-                del self._steps[: -self.memory], self._changes[: -self.memory]
-        self._point = (w, g)
-
-    @property
-    def last_point(self) -> np.ndarray | None:
-        """The last w observed, or None."""
-        return None if self._point is None else self._point[0]
-
     def minimise(self, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(w', g'): the minimiser over w + span(S) and its exact gradient, both (d,)."""
         if not self._steps:

@@ -166,22 +166,3 @@ def test_the_memory_pays_off_with_a_rough_low_rank_p(tmp_path):
     assert rounds[1] is not None and rounds[20] is not None
     assert rounds[20] < rounds[1], rounds
 
-
-def test_a_given_change_joins_the_memory_like_an_observed_one():
-    """observe_change(w, g, Σ·step) leaves the memory as observe(w, g) would with exact g."""
-    rng = np.random.default_rng(4)
-    d = 6
-    a = rng.standard_normal((d, d))
-    sigma = a @ a.T + np.eye(d)
-    b = rng.standard_normal(d)
-    w0, w1, w2 = rng.standard_normal((3, d))
-    exact, given = SecantMemory(3), SecantMemory(3)
-    for w in (w0, w1, w2):
-        exact.observe(w, sigma @ w - b)
-    given.observe(w0, sigma @ w0 - b)
-    noisy = lambda w: sigma @ w - b + 0.5 * rng.standard_normal(d)  # noqa: E731
-    given.observe_change(w1, noisy(w1), sigma @ (w1 - w0))
-    given.observe_change(w2, noisy(w2), sigma @ (w2 - w1))
-    g = sigma @ w2 - b
-    np.testing.assert_allclose(given.minimise(w2, g)[0], exact.minimise(w2, g)[0], rtol=1e-10)
-    assert given.last_point is not None and np.array_equal(given.last_point, w2)
