@@ -47,6 +47,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from client.cohort import EQUATIONS_ROWS_PER_DIM
 from fedsigma.engines.processes import descendants, process_tree
 from shared.results import read_rounds
 from shared.threads import single_thread
@@ -142,9 +143,12 @@ def _timed(fn) -> float:
 
 
 def round_flops(clients: int, rows: int, dim: int = 20, batch: int = 32, probes: int = 4) -> float:
-    """Arithmetic of one quickstart round: per client, probes × (X·w and Xᵀr over n rows)
-    plus the full-data gradient over its N rows: 4·d flops per row touched."""
-    return clients * 4 * dim * (probes * batch + rows)
+    """Arithmetic of one quickstart round after the first, in flops: per client, probes ×
+    (X·w and Xᵀr over n rows, 4·d flops a row), plus the full-data gradient — from the
+    kept XᵀX and Xᵀy (2·d² flops) where the cohort uses them (N ≥ EQUATIONS_ROWS_PER_DIM·d,
+    client.cohort), else over the N rows (4·d flops a row)."""
+    full = 2 * dim * dim if rows >= EQUATIONS_ROWS_PER_DIM * dim else 4 * dim * rows
+    return clients * (4 * dim * probes * batch + full)
 
 
 GOALS = (  # (name, clients, rows per client, rounds, engine, goal text)
