@@ -2,7 +2,8 @@
 # dependencies (the CPU build of torch, numpy, pydantic, ...) installed, so that the
 # ServerApp and the ClientApps of a submitted run can import them. docker-compose.yml
 # builds it once, as fedsigma/superexec:0.1.0, for every SuperExec service and the Fleet
-# gate (the SuperLink and SuperNodes use Flower's images as they are). Build alone:
+# gate (server/fleet_gate.py; the SuperLink and SuperNodes use Flower's images as they
+# are). It ships the app only: shared, server, client and scenarios. Build alone:
 #   docker build -t fedsigma/superexec:0.1.0 .
 # CI (.ci/compose-test) builds it on a local stand-in for flwr/superexec (FLWR_IMAGE)
 # with both package indexes pointed at a wheelhouse served on 127.0.0.1.
@@ -23,8 +24,6 @@ COPY --chown=app:app shared ./shared
 COPY --chown=app:app server ./server
 COPY --chown=app:app client ./client
 COPY --chown=app:app scenarios ./scenarios
-# the tool too: the fleet-gate service runs python -m fedsigma.engines.fleet_gate from this image
-COPY --chown=app:app fedsigma ./fedsigma
 RUN sed -i 's/"flwr\[simulation\]==/"flwr==/' pyproject.toml \
     && python -m pip install --no-cache-dir . \
     && rm -rf /tmp/fedsigma

@@ -32,8 +32,8 @@ from fedsigma.engines.deployment import (
     superlink_command,
     supernode_command,
 )
-from fedsigma.engines.fleet_gate import allowed
 from fedsigma.engines.processes import flower_command
+from server.fleet_gate import allowed
 
 ROOT = Path(__file__).resolve().parent.parent
 FLWR = metadata.version("flwr")
@@ -141,8 +141,9 @@ def test_images_are_flowers_at_the_pinned_version(spec):
     assert "FROM ${FLWR_IMAGE}:${FLWR_VERSION}" in dockerfile
     torch = next(p for p in pins if p.startswith("torch=="))
     assert f" {torch}\n" in dockerfile
-    for pkg in ("shared", "server", "client", "scenarios", "fedsigma"):  # fedsigma: the Fleet gate
+    for pkg in ("shared", "server", "client", "scenarios"):  # the app; the Fleet gate is server/fleet_gate.py
         assert f"COPY --chown=app:app {pkg} ./{pkg}\n" in dockerfile
+    assert "COPY --chown=app:app fedsigma" not in dockerfile  # the tool around the app stays out of the image
     assert dockerfile.rstrip().endswith('WORKDIR /app\nENTRYPOINT ["flower-superexec"]')
 
 
@@ -209,7 +210,7 @@ def test_every_flag_exists_in_its_programs_help(spec):
         program: subprocess.run([flower_command(program), "--help"], capture_output=True, text=True, timeout=60).stdout
         for program in ("flower-superlink", "flower-supernode", "flower-superexec")
     }
-    helps["fleet_gate"] = subprocess.run([sys.executable, "-m", "fedsigma.engines.fleet_gate", "--help"],
+    helps["fleet_gate"] = subprocess.run([sys.executable, "-m", "server.fleet_gate", "--help"],
                                          capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
     for name, service in spec["services"].items():
         if name == "register-supernodes":
@@ -237,7 +238,7 @@ def test_tls_files_are_mounted_where_the_flags_point(spec):
 
 
 LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
-GATE_MODULE = "fedsigma.engines.fleet_gate"
+GATE_MODULE = "server.fleet_gate"
 
 
 def _published(service: dict) -> list[tuple[str, str, str]]:

@@ -1,4 +1,4 @@
-"""The Fleet gate (fedsigma/engines/fleet_gate.py) in process: what it forwards to the
+"""The Fleet gate (server/fleet_gate.py) in process: what it forwards to the
 SuperLink and what it refuses, with a stand-in SuperLink that records every request.
 
 tests/test_control_api.py attacks the gate in a real TLS deployment run; this checks
@@ -13,7 +13,7 @@ import logging
 import httpx
 import pytest
 
-from fedsigma.engines.fleet_gate import FleetGate
+from server.fleet_gate import FleetGate
 
 
 def _through_gate(requests: list[tuple[str, str, bytes]]) -> tuple[list[httpx.Response], list[httpx.Request]]:

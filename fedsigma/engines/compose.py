@@ -10,7 +10,7 @@ ClientApps to a SuperExec container built from the project's Dockerfile.
 The security model is the deployment engine's: Flower 1.42 serves the Control,
 Fleet and Runtime APIs on one port and authenticates no Control API caller, so
 the SuperLink's port is published on the host's 127.0.0.1 only (the operator's
-CLI), and SuperNodes come in through the Fleet gate (fedsigma/engines/fleet_gate.py),
+CLI), and SuperNodes come in through the Fleet gate (server/fleet_gate.py),
 which forwards only Fleet API requests. Two networks keep that inside the
 project too: ``control`` (SuperLink, the gate, the ServerApp's SuperExec and the
 key registration) and ``fleet`` (the gate, SuperNodes and ClientApp SuperExecs):
@@ -204,7 +204,7 @@ def services(supernodes: int, tls: bool) -> dict:
 
 
 def _gate(profile: str, superlink: str, certs: Certificates | None) -> dict:
-    """The Fleet gate (fedsigma/engines/fleet_gate.py, in the project image): on both
+    """The Fleet gate (server/fleet_gate.py, in the project image): on both
     networks, it forwards SuperNodes' Fleet API requests to the SuperLink and refuses
     the rest; its port is the only one meant for SuperNodes on other machines."""
     cmd = fleet_gate_command(f"0.0.0.0:{GATE_PORT}", f"superlink:{SUPERLINK_PORT}", certs)
@@ -216,7 +216,7 @@ def _gate(profile: str, superlink: str, certs: Certificates | None) -> dict:
         "ports": [Quoted(f"{host}:{port}:{GATE_PORT}")],
         # tls: SuperNodes verify the name they dial, fleet-gate, in the certificate
         "networks": {CONTROL: None, FLEET: {"aliases": [GATE_NAME]}} if certs else [CONTROL, FLEET],
-        "entrypoint": ["python", *cmd[1:3]],  # python -m fedsigma.engines.fleet_gate
+        "entrypoint": ["python", *cmd[1:3]],  # python -m server.fleet_gate
         "command": cmd[3:],
         "restart": "on-failure:3",
         "healthcheck": _healthcheck(certs is not None, GATE_PORT),

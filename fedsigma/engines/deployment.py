@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsigma.engines import processes as fp
-from fedsigma.engines.fleet_gate import HEALTH_PATH
 from scenarios.loader import ScenarioError
+from server.fleet_gate import HEALTH_PATH
 from server.partition_grid import HANDSHAKE_FAILED
 
 MAKE_CERTS = fp.ROOT / "scripts" / "make-certs.sh"
@@ -107,7 +107,7 @@ def superlink_command(port: int, host: str = "127.0.0.1", certs: Certificates | 
 
 def fleet_gate_command(listen: str, superlink: str, certs: Certificates | None = None) -> list[str]:
     """The Fleet gate in front of a SuperLink on 127.0.0.1 (HTTPS with the SuperLink's certificate)."""
-    cmd = [sys.executable, "-m", "fedsigma.engines.fleet_gate", "--listen", listen, "--upstream", superlink]
+    cmd = [sys.executable, "-m", "server.fleet_gate", "--listen", listen, "--upstream", superlink]
     if certs is not None:
         cmd += ["--certfile", str(certs.server_cert), "--keyfile", str(certs.server_key), "--ca", str(certs.ca)]
     return cmd
@@ -183,7 +183,7 @@ def run_deployment(
             if superlink is None:
                 # The SuperLink (Control, Fleet and Runtime API on one port) listens on
                 # 127.0.0.1 for this CLI; SuperNodes come in through the Fleet gate,
-                # which passes only Fleet API requests (fedsigma/engines/fleet_gate.py)
+                # which passes only Fleet API requests (server/fleet_gate.py)
                 port, gate_port = fp.free_port(), fp.free_port()
                 superlink, fleet = f"127.0.0.1:{port}", f"127.0.0.1:{gate_port}"
                 link = fp.start(_resolve(superlink_command(port, certs=certs)), env, log)

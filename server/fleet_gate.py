@@ -12,7 +12,7 @@ With ``--certfile/--keyfile`` it serves HTTPS with the SuperLink's own
 certificate (SuperNodes verify it with ``ca.crt`` as before) and talks HTTPS to
 the SuperLink, verifying it with ``--ca``.
 
-Run: ``python -m fedsigma.engines.fleet_gate --listen 0.0.0.0:8000 --upstream 127.0.0.1:9093
+Run: ``python -m server.fleet_gate --listen 0.0.0.0:8000 --upstream 127.0.0.1:9093
 [--certfile server.pem --keyfile server.key --ca ca.crt]``.
 """
 
