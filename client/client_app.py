@@ -12,7 +12,7 @@ from client.cohort import CohortData, cohort_round, local_round_config
 from client.faults import FaultPlan, dropped, plan_for
 from client.fednl import fednl_reply
 from client.policy import enforce, noise_seed_words
-from client.task import GradientOracle, linear_model
+from client.task import LinearModel, linear_model
 from scenarios.node_data import client_rows
 from scenarios.run_config import scenario_of
 from shared import protocol as p
@@ -33,9 +33,9 @@ def local_data(context: Context) -> tuple[np.ndarray, np.ndarray, int, int]:
 
 
 @lru_cache(maxsize=4)
-def gradient_oracle(dim: int) -> GradientOracle:
-    """The linear model's batched gradients (closed form), built once per process."""
-    return GradientOracle(linear_model(dim))
+def model_for(dim: int) -> LinearModel:
+    """The linear model (closed-form batched gradients), built once per process."""
+    return linear_model(dim)
 
 
 @app.query(p.HELLO)
@@ -79,7 +79,7 @@ def local_training(msg: Message, context: Context) -> Message:
     w = msg.content[p.ARRAYS][p.WEIGHTS].numpy()
     one = CohortData(X, y, np.array([0]), np.array([len(X)]), np.array([pid]))
     with single_thread():
-        got = cohort_round(gradient_oracle(X.shape[1]).model, one, w, cfg.to_config(), seed=seed, precond=None,
+        got = cohort_round(model_for(X.shape[1]), one, w, cfg.to_config(), seed=seed, precond=None,
                            send_hessian=np.array([False]), noise_words=noise_seed_words(context))
     reply = RecordDict(
         {
@@ -127,7 +127,7 @@ def gradcov_round(msg: Message, context: Context, faults: FaultPlan | None = Non
     one = CohortData(X, y, np.array([0]), np.array([len(X)]), np.array([pid]))
     with single_thread():
         got = cohort_round(
-            gradient_oracle(X.shape[1]).model, one, w, cfg, seed=seed, precond=precond,
+            model_for(X.shape[1]), one, w, cfg, seed=seed, precond=precond,
             send_hessian=np.array([bool(cfg.get(p.SEND_HESSIAN, False))]),  # the Newton baseline only
             probe_levels=None if faults is None else faults.noise_levels(pid, levels),
             noise_words=noise_seed_words(context),

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from client.draws import round_draws
 from shared.calibration import injected_variances
 
 # torch warns when it wraps a read-only array (the federation's rows are frozen); it only reads them
@@ -142,27 +141,6 @@ def linear_model(dim: int) -> LinearModel:
     return LinearModel(dim)
 
 
-class GradientOracle:
-    """Mini-batch gradients of a model: one batch or a stack of them.
-
-    Parameters
-    ----------
-    model : LinearModel or ModuleModel
-        Anything with ``gradients(w, X, y)`` as in :meth:`LinearModel.gradients`.
-    """
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def gradient(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """∇L_B(w) of shape (d,) for one batch X (n, d), y (n,)."""
-        return self.model.gradients(w, X[None], y[None])[0]
-
-    def gradients(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Gradients of shape (b, d) for b batches X (b, n, d), y (b, n); w (d,) or (b, d)."""
-        return self.model.gradients(w, X, y)
-
-
 def probe_noise_std(multipliers: list[float], batch_size: int, local_rows: np.ndarray, natural_var: float) -> np.ndarray:
     """Standard deviation of each level's probe-target noise for clients with these N:
     shape (c, levels) (see :mod:`shared.calibration`)."""
@@ -177,77 +155,9 @@ def probe_targets(y: np.ndarray, rows: np.ndarray, noise: np.ndarray, label_clip
     return targets + noise
 
 
-def probe_gradients(
-    oracle: GradientOracle,
-    w: np.ndarray,
-    X: np.ndarray,
-    y: np.ndarray,
-    *,
-    batch_size: int,
-    probes: int,
-    multipliers: list[float],
-    natural_var: float,
-    key: np.ndarray,
-    partition: int = 0,
-    label_clip: float = 0.0,
-) -> np.ndarray:
-    """Calibrated probe gradients of shape (levels, probes, d).
-
-    Each probe is an n-row batch drawn without replacement from the N
-    local rows, with fresh Gaussian noise of the level's injected variance added to
-    its targets (see :mod:`shared.calibration`), from the stream of ``partition``
-    under ``key`` (:mod:`client.draws`). ``label_clip`` = B > 0 clips
-    the targets to [−B, B] first, which bounds what one label can change.
-    """
-    batches = len(multipliers) * probes
-    draws = round_draws(key, np.array([partition]), np.array([len(X)]), probe_batches=batches,
-                        batch_size=batch_size, train_steps=1, minibatch=False, noisy_targets=False)
-    std = probe_noise_std(multipliers, batch_size, np.array([len(X)]), natural_var)
-    rows, noise = draws.probe_rows[0], draws.probe_normals[0] * np.repeat(std[0], probes)[:, None]
-    grads = oracle.gradients(w, X[rows], probe_targets(y, rows, noise, label_clip))
-    return grads.reshape(len(multipliers), probes, -1)
-
-
 def local_step(local: np.ndarray, g: np.ndarray, local_lr: float, precond: np.ndarray | None) -> np.ndarray:
     """w ← w − η_local·P·g for a stack of clients: local, g (c, d); P (d, d) or None (= I)."""
     if precond is None:
         return local - local_lr * g
     P = torch.as_tensor(precond, dtype=torch.float64).expand(len(g), -1, -1)
     return local - local_lr * batched_matvec(P, torch.as_tensor(g)).numpy()
-
-
-def training_direction(
-    oracle: GradientOracle,
-    w: np.ndarray,
-    X: np.ndarray,
-    y: np.ndarray,
-    *,
-    kind: str,
-    batch_size: int,
-    noise_std: float,
-    local_steps: int,
-    local_lr: float,
-    precond: np.ndarray | None,
-    key: np.ndarray,
-    partition: int = 0,
-) -> tuple[np.ndarray, int]:
-    """The training contribution and the rows it used.
-
-    local_steps = 0: the gradient at w of the full local data (kind = "full")
-    or of one n-row batch (kind = "minibatch"). local_steps > 0: that many
-    steps w ← w − η_local·P·g from w, returning the update w_local − w.
-    noise_std > 0 adds calibrated noise to the targets used. The batches and noise come
-    from the stream of ``partition`` under ``key`` (:mod:`client.draws`).
-    """
-    draws = round_draws(key, np.array([partition]), np.array([len(X)]), probe_batches=0, batch_size=batch_size,
-                        train_steps=max(local_steps, 1), minibatch=kind != "full", noisy_targets=noise_std > 0)
-    local = w[None]
-    used = len(X) if kind == "full" else batch_size
-    for step, idx in enumerate(draws.train_rows):
-        Xb, yb = (X, y) if idx is None else (X[idx[0]], y[idx[0]])
-        noise = draws.train_noise(step, np.array([0]), used)
-        g = oracle.gradients(local, Xb[None], (yb if noise is None else yb + noise_std * noise[0])[None])
-        if local_steps == 0:
-            return g[0], len(Xb)
-        local = local_step(local, g, local_lr, precond)
-    return local[0] - w, used

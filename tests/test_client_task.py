@@ -6,28 +6,31 @@ import numpy as np
 import pytest
 import torch
 
-from client.draws import round_key
-from client.task import (
-    GradientOracle,
-    LinearModel,
-    ModuleModel,
-    probe_gradients,
-    training_direction,
-)
+from client.cohort import CohortData, cohort_round
+from client.task import LinearModel, ModuleModel
+from shared import protocol as p
 
 
-def _autograd_oracle(dim: int) -> GradientOracle:
+def _autograd_model(dim: int) -> ModuleModel:
     """The previous implementation: torch.func vmap/grad over an nn.Linear."""
-    return GradientOracle(ModuleModel(torch.nn.Linear(dim, 1, bias=False, dtype=torch.float64)))
+    return ModuleModel(torch.nn.Linear(dim, 1, bias=False, dtype=torch.float64))
+
+
+def _one_client(model, X, y, w, config: p.RoundConfig, precond=None):
+    """One client's reply (probes, update, rows used), as the ClientApp computes it."""
+    one = CohortData(X, y, np.array([0]), np.array([len(X)]), np.array([0]))
+    got = cohort_round(model, one, w, config.to_config(), seed=1, precond=precond)
+    return got.probes[0], got.updates[0], int(got.num_examples[0])
 
 
 @pytest.mark.parametrize("dim, rows, batch", [(20, 400, 32), (50, 1000, 64), (10, 442, 16), (3, 40, 7)])
 def test_closed_form_probes_match_autograd(dim, rows, batch):
     rng = np.random.default_rng(dim)
     X, y, w = rng.standard_normal((rows, dim)), rng.standard_normal(rows), rng.standard_normal(dim)
-    kwargs = dict(batch_size=batch, probes=5, multipliers=[0.3, 1.0], natural_var=0.2, label_clip=1.5)
-    new = probe_gradients(GradientOracle(LinearModel(dim)), w, X, y, key=round_key(1, 1), **kwargs)
-    old = probe_gradients(_autograd_oracle(dim), w, X, y, key=round_key(1, 1), **kwargs)
+    cfg = p.RoundConfig(server_round=1, batch_size=batch, probes=5, noise_levels=(0.3, 1.0), natural_var=0.2,
+                        label_clip=1.5)
+    new = _one_client(LinearModel(dim), X, y, w, cfg)[0]
+    old = _one_client(_autograd_model(dim), X, y, w, cfg)[0]
     assert new.shape == (2, 5, dim)
     assert np.max(np.abs(new - old)) <= 1e-12 * np.max(np.abs(old))
 
@@ -37,9 +40,10 @@ def test_closed_form_training_matches_autograd(kind, steps):
     rng = np.random.default_rng(5)
     X, y, w = rng.standard_normal((300, 8)), rng.standard_normal(300), rng.standard_normal(8)
     P = np.linalg.inv(X.T @ X / 300 + 0.1 * np.eye(8))
-    kwargs = dict(kind=kind, batch_size=32, noise_std=0.4, local_steps=steps, local_lr=0.3, precond=P)
-    new, used = training_direction(GradientOracle(LinearModel(8)), w, X, y, key=round_key(2, 1), **kwargs)
-    old, used_old = training_direction(_autograd_oracle(8), w, X, y, key=round_key(2, 1), **kwargs)
+    cfg = p.RoundConfig(server_round=2, batch_size=32, train_gradient=kind, noisy_targets=True, local_steps=steps,
+                        local_learning_rate=0.3)
+    _, new, used = _one_client(LinearModel(8), X, y, w, cfg, P)
+    _, old, used_old = _one_client(_autograd_model(8), X, y, w, cfg, P)
     assert used == used_old == (300 if kind == "full" else 32)
     assert np.max(np.abs(new - old)) <= 1e-12 * np.max(np.abs(old))
 

@@ -60,18 +60,22 @@ def test_max_advantage_is_the_total_variation_of_two_unit_gaussians():
 def test_label_clip_clips_probe_targets_only_and_reaches_the_clients(tmp_path):
     """protocol.label_clip = B: the probes are those of targets clipped to [−B, B]
     (same batches and noise), and the strategy sends B to every client."""
-    from client.client_app import gradient_oracle
-    from client.draws import round_key
-    from client.task import probe_gradients
+    from client.client_app import model_for
+    from client.cohort import CohortData, cohort_round
+    from shared import protocol as p
 
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((200, 5)), 3.0 * rng.standard_normal(200)
     w = rng.standard_normal(5)
-    kwargs = dict(batch_size=16, probes=4, multipliers=[1.0], natural_var=0.0)
-    oracle = gradient_oracle(5)
-    clipped = probe_gradients(oracle, w, X, y, key=round_key(1, 1), label_clip=1.5, **kwargs)
-    by_hand = probe_gradients(oracle, w, X, np.clip(y, -1.5, 1.5), key=round_key(1, 1), **kwargs)
-    raw = probe_gradients(oracle, w, X, y, key=round_key(1, 1), **kwargs)
+
+    def probes(targets, clip):
+        one = CohortData(X, targets, np.array([0]), np.array([200]), np.array([0]))
+        cfg = p.RoundConfig(server_round=1, batch_size=16, probes=4, label_clip=clip)
+        return cohort_round(model_for(5), one, w, cfg.to_config(), seed=1).probes[0]
+
+    clipped = probes(y, 1.5)
+    by_hand = probes(np.clip(y, -1.5, 1.5), 0.0)
+    raw = probes(y, 0.0)
     np.testing.assert_allclose(clipped, by_hand, rtol=1e-12, atol=1e-12)
     assert np.abs(clipped - raw).max() > 1e-3
 
