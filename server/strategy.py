@@ -327,10 +327,7 @@ class GradCovStrategy(Strategy):
             config=dict(cfg),
             send_hessian=self._hessian_requests(nodes, cfg),
             preconditioner=self.preconditioner if self.local_steps > 0 else None,
-            preconditioner_sent=(
-                np.array([self._send_preconditioner(n) for n in nodes], dtype=bool)
-                if self.local_steps > 0 else np.zeros(len(nodes), dtype=bool)
-            ),
+            preconditioner_sent=np.array([self._send_preconditioner(n) for n in nodes], dtype=bool),
         )
 
     def _hessian_requests(self, nodes: list[int], cfg: ConfigRecord) -> np.ndarray:

@@ -205,7 +205,7 @@ class InlineGrid(Grid):
             del self._pending[mid]
         nodes = [m.metadata.dst_node_id for m in msgs]
         partitions = np.array([self._partition[n] for n in nodes], dtype=np.int64)
-        dropped_out = np.array([self._faults.drops(int(pid), rnd) for pid in partitions], dtype=bool)
+        dropped_out = self._dropped(partitions, rnd)
         got = self.cohort.train(partitions[~dropped_out], weights, round_cfg.to_config(), None,
                                 np.zeros(int((~dropped_out).sum()), dtype=bool))
         by_partition = {int(pid): k for k, pid in enumerate(got.partitions)}
@@ -228,6 +228,12 @@ class InlineGrid(Grid):
                 replies.append(Message(RecordDict({p.ARRAYS: arrays, p.METRICS: metrics}), reply_to=msg))
         return replies
 
+    def _dropped(self, partitions: np.ndarray, rnd: int) -> np.ndarray:
+        """Which partitions' replies this round ``faults.dropout`` loses (bool, per partition):
+        the same per-(partition, round) draw as client.faults in the ClientApp. A dropped
+        client computes nothing and sends nothing; the others' numbers do not depend on it."""
+        return np.array([self._faults.drops(int(pid), rnd) for pid in partitions], dtype=bool)
+
     def handshake(self) -> dict[int, tuple[int, int]]:
         """node id → (partition id, local rows): what the ``hello`` query returns, without messages."""
         nodes = list(self._configs)
@@ -238,9 +244,7 @@ class InlineGrid(Grid):
         """Every requested node's reply to one round, computed together."""
         partitions = np.array([self._partition[n] for n in request.nodes], dtype=np.int64)
         rnd = int(request.config[p.ROUND])
-        # the same per-(partition, round) draw as client.faults in the ClientApp: a dropped
-        # client computes nothing and sends nothing, the others' numbers do not depend on it
-        replying = np.array([not self._faults.drops(int(pid), rnd) for pid in partitions], dtype=bool)
+        replying = ~self._dropped(partitions, rnd)
         return self.cohort.train(partitions[replying], request.weights, request.config, request.preconditioner,
                                  request.send_hessian[replying])
 
