@@ -12,8 +12,9 @@ is held to (issue 10):
 
 - ``faults.dropout`` 0.1: rounds ≤ 1.2× clean; 0.3: ≤ 1.5×; ``clients.fraction`` 0.5 reaches the target;
   beside them the ``oracle`` method under the same faults (the true Σ for P and for carrying
-  absent clients' gradients forward): the floor a gradient-only method cannot beat, since a
-  client that has not replied yet is missing from every estimate of the federation's gradient;
+  absent clients' gradients forward, without gradcov's pairs from incomplete rounds or its
+  shrinkage towards the fresh mean): a reference for what knowing Σ buys, since a client that
+  has not replied yet is missing from every estimate of the federation's gradient;
 - 1 Byzantine client of 20, each kind: finishes, rounds ≤ 1.5× clean, final Σ̂ error ≤ 2× clean;
   4 of 20: reported against the same bars.
 

@@ -42,9 +42,9 @@ class GradCovStrategy(Strategy):
     keeps P = (Σ̂ + λI)⁻¹ (before its warm-up, P = I/λ̂_max: plain GD at a safe
     step). The strategy keeps the Flower plumbing and the step rule:
     w ← w − η·P·ĝ, with ĝ the whole federation's gradient (this round's replies
-    plus every other client's latest one carried along Σ̂,
-    :class:`shared.gradient_table.GradientTable`), corrected over past steps by
-    a secant (or L-BFGS) memory when the gradients are exact.
+    plus every other client's latest one carried along Σ̂ and shrunk towards the
+    fresh mean, :class:`shared.gradient_table.GradientTable`), corrected over past
+    steps by a secant (or L-BFGS) memory when the gradients are exact.
 
     Parameters
     ----------
@@ -93,11 +93,13 @@ class GradCovStrategy(Strategy):
         Seeds client sampling (the same positions in the grid's node list every
         run) and the low-rank sketch.
     line_search_memory : int, default 20
-        With exact gradients (full local data, clean targets, every client of the
-        table current), move each round to the exact minimiser over the last this
-        many steps, and size the next step along the previous one, from the
-        gradient changes the steps caused (:class:`shared.secant.SecantMemory`; no
-        extra messages). While the rounds so far fit in the memory and P is fixed,
+        With exact gradients (full local data, clean targets), move each round to
+        the exact minimiser over the last this many steps, and size the next step
+        along the previous one, from the gradient changes the steps caused
+        (:class:`shared.secant.SecantMemory`; no extra messages). A step's change
+        comes from ĝ when every client of the table replied at both ends, else
+        (once Σ̂ is warmed up) from the clients that did
+        (:meth:`shared.gradient_table.GradientTable.change`). While the rounds so far fit in the memory and P is fixed,
         this is preconditioned conjugate gradients; with P = I (``precondition``
         off) it is federated CG, the ``fedsgd-memory`` rival. 0 = plain steps.
     rank : int or None, default None
@@ -398,9 +400,10 @@ class GradCovStrategy(Strategy):
         """The next w from the federation gradient ĝ (d,) at w."""
         if self._exact_gradients():
             # exact quadratic: correct over the past steps and size the step from them.
-            # Gradient differences are Σ·step only for exact gradients of one set of
-            # clients: pairs join the memory only in rounds where every client in the
-            # table replied at w, and a new memory starts when the table's clients change
+            # Differences of ĝ are Σ·step only for exact gradients of one set of clients:
+            # they give the pair in rounds where every client in the table replied at
+            # both ends (_pair_from_table gives the others' once Σ̂ is warmed up), and
+            # before the warm-up a new memory starts when the table's clients change
             if self.table.members() != self._repliers:
                 self._forget_steps()
                 self._repliers = self.table.members()
@@ -408,6 +411,40 @@ class GradCovStrategy(Strategy):
         if self.secant is not None and self.memory_on_inexact:
             return self._memory_step(mean, exact=True)  # CG / L-BFGS on an inexact ĝ: what the rivals do
         return self._weights - self.learning_rate * (self.preconditioner @ mean)
+
+    def _pairs_from_table(self) -> bool:
+        """Whether rounds that missed clients still give the secant memory a pair (from
+        the clients heard at both ends of the step, ``GradientTable.change``): exact
+        per-client gradients, the secant step rule, and Σ̂ past its warm-up (before
+        it, P is still changing scale and the memory restarts with the clients)."""
+        return self._exact_gradients() and self.lbfgs is None and self.curvature.warmed_up()
+
+    def _pair_from_table(self) -> None:
+        """In a round the memory cannot learn from ĝ (some client of the table missed w,
+        or the last point), the step that led to w joins it all the same, with Σ·step
+        from the clients heard at both ends (``GradientTable.change``)."""
+        if not self._pairs_from_table():
+            return
+        members = self.table.members()
+        if members != self._repliers:
+            if set(self._repliers) - set(members):
+                # a client was screened out of the table: the pairs it helped make may
+                # be poisoned, so the memory starts afresh (as before the warm-up)
+                self._forget_steps()
+            else:  # clients joined: the steps stay, the next pair comes from the table
+                self.secant.forget_gradient()
+            self._repliers = members
+        before = self.secant.last_point
+        if before is None:  # the first point: the next step's pair can come from the table
+            self.secant.observe_change(self._weights, None)
+        elif not (self.secant.knows_gradient() and self.table.current(self._weights)):
+            change = self.table.change(before, self._weights, self.curvature.apply, self._apply_preconditioner)
+            if change is not None:
+                self.secant.observe_change(self._weights, change)
+
+    def _apply_preconditioner(self, v: np.ndarray) -> np.ndarray:
+        """P·v for a vector (d,) or the columns of a matrix (d, m)."""
+        return self.preconditioner @ v
 
     def _forget_steps(self) -> None:
         """Start the memory afresh (its steps belong to another quadratic)."""
@@ -427,8 +464,10 @@ class GradCovStrategy(Strategy):
             return self._weights - direction
         eta = self.learning_rate
         if exact:
+            sized = self.secant.knows_gradient()  # both ends exact: the last step is sized from ĝ
             self.secant.observe(self._weights, mean)
-            eta = self.secant.step_size(mean, self.learning_rate)
+            if sized:
+                eta = self.secant.step_size(mean, self.learning_rate)
         start, mean = self.secant.minimise(self._weights, mean)
         direction = self.preconditioner @ mean
         if exact:
@@ -455,7 +494,15 @@ class GradCovStrategy(Strategy):
         partitions = np.asarray(pids, dtype=np.int64)
         self.table.update_many(partitions[keep], rows[keep], grads[keep], self._weights)
         self.table.remove_many(partitions[~keep])
-        return self.table.estimate(self._weights, curvature) if len(self.table) else None
+        if not len(self.table):
+            return None
+        self._pair_from_table()
+        if curvature is not None and self._pairs_from_table() and not self.table.current(self._weights):
+            # carry absent clients forward with Σ itself along the remembered steps (their
+            # error is then each one's Σ_i against Σ, not Σ̂'s), shrunk towards the fresh mean
+            curvature = self.secant.corrected(curvature)
+            return self.table.estimate(self._weights, curvature, self._apply_preconditioner)
+        return self.table.estimate(self._weights, curvature)
 
     def _exact_gradients(self) -> bool:
         """Whether clients send exact gradients (full local data, clean targets), so that

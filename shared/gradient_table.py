@@ -19,6 +19,13 @@ in partition order (bit for bit the plain mean). Without a curvature estimate (�
 (Schmidt, Le Roux and Bach, 2017). With Σ̂ = H and the step
 w ← w − (H + l·I)⁻¹ ĝ(w) it is FedNL-PP's update (``shared.fednl``); gradcov
 gets its H from calibrated probes instead of compressed client Hessians.
+
+Two refinements use each client's previous entry as well as its latest:
+``change`` gives Σ times a step from the clients heard at both of its ends (a
+pair for the server's step memory in a round that missed clients), and measures
+how far clients' curvatures differ; ``estimate`` then shrinks each absent
+client's carried gradient towards the fresh clients' mean by how far its offset
+may have drifted since it was heard.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+# the least share of the rows behind a pair estimated from the clients heard at both
+# of its points (GradientTable.change)
+MIN_SHARE = 0.25
 
 
 class LatestPerClient:
@@ -39,12 +50,18 @@ class LatestPerClient:
         d, the length of each gradient and point.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, keep_previous: bool = False) -> None:
         self.dim = dim
+        self.keep_previous = keep_previous
         self.present = np.zeros(0, dtype=bool)
         self.rows = np.zeros(0)
         self.gradients = np.zeros((0, dim))
         self.points = np.zeros((0, dim))
+        # with keep_previous: each client's entry before its latest (its last two replies
+        # give Σ_i times the step between them exactly)
+        self.previous = np.zeros(0, dtype=bool)
+        self.previous_gradients = np.zeros((0, dim if keep_previous else 0))
+        self.previous_points = np.zeros((0, dim if keep_previous else 0))
 
     def _reserve(self, top: int) -> None:
         """Room for partition ids below ``top`` (doubling, so growth is amortised)."""
@@ -56,6 +73,10 @@ class LatestPerClient:
         self.rows = np.concatenate([self.rows, np.zeros(new - size)])
         self.gradients = np.concatenate([self.gradients, np.zeros((new - size, self.dim))])
         self.points = np.concatenate([self.points, np.zeros((new - size, self.dim))])
+        width = self.dim if self.keep_previous else 0
+        self.previous = np.concatenate([self.previous, np.zeros(new - size, dtype=bool)])
+        self.previous_gradients = np.concatenate([self.previous_gradients, np.zeros((new - size, width))])
+        self.previous_points = np.concatenate([self.previous_points, np.zeros((new - size, width))])
 
     def put(self, pids: np.ndarray, rows: np.ndarray, gradients: np.ndarray, point: np.ndarray) -> None:
         """Replace the entries of distinct partitions ``pids`` (K,) with gradients (K, d)
@@ -64,6 +85,10 @@ class LatestPerClient:
         if not len(pids):
             return
         self._reserve(int(pids.max()) + 1)
+        if self.keep_previous:
+            self.previous[pids] = self.present[pids]
+            self.previous_gradients[pids] = self.gradients[pids]
+            self.previous_points[pids] = self.points[pids]
         self.present[pids] = True
         self.rows[pids] = rows
         self.gradients[pids] = gradients
@@ -99,7 +124,8 @@ class GradientTable:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._store = LatestPerClient(dim)
+        self._store = LatestPerClient(dim, keep_previous=True)
+        self.drift: float | None = None  # ρ², set by change(): offsets' drift per unit step
 
     def __len__(self) -> int:
         """The number of clients heard from."""
@@ -151,19 +177,41 @@ class GradientTable:
         """
         self._store.put(partitions, np.asarray(rows, dtype=float), gradients, np.asarray(point, dtype=float))
 
-    def estimate(self, w: np.ndarray, curvature: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
-        """ĝ(w) = Ḡ + Σ̂·(w − W̄), shape (d,).
+    def estimate(
+        self,
+        w: np.ndarray,
+        curvature: Callable[[np.ndarray], np.ndarray] | None,
+        metric: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """ĝ(w), shape (d,): Ḡ + Σ̂·(w − W̄), or, with ``metric``, each absent client's
+        carried gradient shrunk towards the fresh clients' mean.
 
         Ḡ and W̄ are recomputed from the table each call (O(clients·d), no running sums
         to drift).
+
+        **Shrinkage** (``metric`` given, and the drift known from an earlier ``change``).
+        An absent client's gradient at w is the fresh clients' mean ḡ_R(w) plus its own
+        offset from the mean, and its carried gradient c_i = g_i + Σ̂(w − w_i) keeps the
+        offset it had at w_i. Two predictions, two errors: c_i errs by how far its
+        offset moved since, (Σ_i − Σ)(w − w_i), of size ρ²·‖w − w_i‖²_Σ̂ (ρ² the drift
+        measured along the last step); ḡ_R errs by the whole offset, of the size σ² the
+        fresh clients' own offsets have now. The estimate takes
+        λ_i c_i + (1 − λ_i) ḡ_R with λ_i = σ² / (σ² + ρ²‖w − w_i‖²_Σ̂): a client heard
+        across a long step is mostly imputed, one heard at the last point mostly carried.
+        Both sizes are medians over clients (in the ``metric`` norm), so one lying client
+        does not set them.
 
         Parameters
         ----------
         w : ndarray of shape (d,)
             The point the federation's gradient is wanted at.
         curvature : callable or None
-            v ↦ Σ̂·v for (d,) vectors; None carries the stale gradients forward
-            unchanged (SAG).
+            v ↦ Σ̂·v for (d,) vectors or the columns of (d, m) matrices; None carries
+            the stale gradients forward unchanged (SAG).
+        metric : callable or None
+            v ↦ M·v (columns too), the norm the two errors are sized in (the server
+            passes its preconditioner P: the step's error is P times ĝ's); None: no
+            shrinkage.
 
         Raises
         ------
@@ -178,8 +226,81 @@ class GradientTable:
         if self.current(w):  # every client replied at w: their weighted mean in partition order
             return np.average(gradients, axis=0, weights=rows)
         total = rows.sum()
+        if curvature is not None and metric is not None and self.drift is not None:
+            points = self._store.points[members]
+            fresh = np.all(points == np.asarray(w), axis=1)
+            if fresh.sum() >= 2:
+                fresh_mean = rows[fresh] @ gradients[fresh] / rows[fresh].sum()
+                offsets = _median_norm2(gradients[fresh] - fresh_mean, metric)
+                moves = np.asarray(w, dtype=float) - points[~fresh]  # (A, d)
+                carried = gradients[~fresh] + curvature(moves.T).T
+                drift = self.drift * np.einsum("ij,ij->i", moves, curvature(moves.T).T)
+                keep = offsets / (offsets + drift) if offsets > 0 else np.zeros(len(moves))
+                absent = keep[:, None] * carried + (1 - keep)[:, None] * fresh_mean
+                return (rows[fresh] @ gradients[fresh] + rows[~fresh] @ absent) / total
         mean_gradient = rows @ gradients / total
         if curvature is None:
             return mean_gradient
         mean_point = rows @ self._store.points[members] / total
         return mean_gradient + curvature(np.asarray(w, dtype=float) - mean_point)
+
+    def change(
+        self,
+        before: np.ndarray,
+        w: np.ndarray,
+        curvature: Callable[[np.ndarray], np.ndarray] | None = None,
+        metric: Callable[[np.ndarray], np.ndarray] | None = None,
+        min_share: float = MIN_SHARE,
+    ) -> np.ndarray | None:
+        """Σ·(w − before), shape (d,), from the clients heard at both points, or None.
+
+        A client that replied at ``before`` and again at w gives its exact change
+        g_i(w) − g_i(before) = Σ_i (w − before). Their row-weighted mean estimates the
+        federation's Σ·(w − before) (a ratio estimator: Σ is the row-weighted mean of
+        the Σ_i), whatever the other clients did. So a round that missed clients
+        still gives the step memory a pair, its error only the spread of the Σ_i
+        between the clients heard and the rest. None when those clients hold less
+        than ``min_share`` of the table's rows (too few to stand for the rest).
+
+        With ``curvature`` and ``metric``, the spread of the clients' changes about
+        their mean also sets ``drift``: ρ² = median_i ‖(Σ_i − Σ̄)s‖²_M / ‖s‖²_Σ̂ for the
+        step s = w − before, how fast a client's offset from the mean moves per unit
+        step (what ``estimate`` shrinks by).
+
+        Parameters
+        ----------
+        before, w : ndarray of shape (d,)
+            The two points (``before`` the earlier).
+        curvature : callable or None
+            v ↦ Σ̂·v, the norm steps are measured in.
+        metric : callable or None
+            v ↦ M·v (columns too), the norm offsets are measured in.
+        min_share : float
+            The least share of the table's rows the clients heard at both points must hold.
+        """
+        store = self._store
+        members = store.members()
+        if not len(members):
+            return None
+        rows = store.rows[members]
+        both = (
+            store.previous[members]
+            & np.all(store.points[members] == np.asarray(w), axis=1)
+            & np.all(store.previous_points[members] == np.asarray(before), axis=1)
+        )
+        heard = rows[both].sum()
+        if heard == 0 or heard < min_share * rows.sum():
+            return None
+        changes = store.gradients[members[both]] - store.previous_gradients[members[both]]
+        mean = rows[both] @ changes / heard
+        step = np.asarray(w, dtype=float) - np.asarray(before, dtype=float)
+        if curvature is not None and metric is not None and both.sum() >= 2:
+            length = float(step @ curvature(step))
+            if length > 0:
+                self.drift = _median_norm2(changes - mean, metric) / length
+        return mean
+
+
+def _median_norm2(vectors: np.ndarray, metric: Callable[[np.ndarray], np.ndarray]) -> float:
+    """The median over rows v of vectors (K, d) of vᵀ·M·v (``metric``: v ↦ M·v on columns)."""
+    return float(np.median(np.einsum("ij,ij->i", vectors, metric(vectors.T).T)))

@@ -26,6 +26,8 @@ No extra messages: only the aggregated gradients the clients already send.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -57,7 +59,7 @@ class SecantMemory:
         self.memory = memory
         self._steps: list[np.ndarray] = []  # unit steps s/‖s‖ (d,)
         self._changes: list[np.ndarray] = []  # Σs/‖s‖ (d,)
-        self._point: tuple[np.ndarray, np.ndarray] | None = None  # last (w, g) observed
+        self._point: tuple[np.ndarray, np.ndarray | None] | None = None  # last (w, g) observed; g None: unknown
         self._last: tuple[np.ndarray, np.ndarray, float] | None = None  # (g', u, η) of the last step
 
     def __len__(self) -> int:
@@ -65,16 +67,63 @@ class SecantMemory:
         return len(self._steps)
 
     def observe(self, w: np.ndarray, g: np.ndarray) -> None:
-        """Record the exact gradient g (d,) at w (d,); the step from the last point joins S."""
+        """Record the exact gradient g (d,) at w (d,); the step from the last point joins S
+        when the last point's gradient is known exactly too (not after ``observe_change``
+        or ``forget_gradient``)."""
         w, g = np.array(w, dtype=float), np.array(g, dtype=float)
-        if self._point is not None:
-            step = w - self._point[0]
-            norm = float(np.linalg.norm(step))
-            if norm > 0:
-                self._steps.append(step / norm)
-                self._changes.append((g - self._point[1]) / norm)
-                del self._steps[: -self.memory], self._changes[: -self.memory]
+        if self._point is not None and self._point[1] is not None:
+            self._remember(w - self._point[0], g - self._point[1])
         self._point = (w, g)
+
+    def observe_change(self, w: np.ndarray, change: np.ndarray | None) -> None:
+        """Move to w (d,), given Σ·(w − last point) = ``change`` (d,) from elsewhere (the
+        clients heard at both points, ``GradientTable.change``): the step joins S, and
+        the gradient at w counts as unknown until ``observe``. ``change`` None (or no
+        last point): only move."""
+        w = np.array(w, dtype=float)
+        if self._point is not None and change is not None:
+            self._remember(w - self._point[0], np.asarray(change, dtype=float))
+        self._point = (w, None)
+
+    def forget_gradient(self) -> None:
+        """The last point's gradient belongs to another quadratic (the clients behind ĝ
+        changed): the steps remembered stay, the next pair must come from
+        ``observe_change``."""
+        if self._point is not None:
+            self._point = (self._point[0], None)
+
+    def knows_gradient(self) -> bool:
+        """Whether the last point's exact gradient is known (no point yet counts as known)."""
+        return self._point is None or self._point[1] is not None
+
+    @property
+    def last_point(self) -> np.ndarray | None:
+        """The last w observed (d,), or None."""
+        return None if self._point is None else self._point[0]
+
+    def _remember(self, step: np.ndarray, change: np.ndarray) -> None:
+        """Add the pair (step, Σ·step) as unit step and scaled change; drop the oldest."""
+        norm = float(np.linalg.norm(step))
+        if norm > 0:
+            self._steps.append(step / norm)
+            self._changes.append(change / norm)
+            del self._steps[: -self.memory], self._changes[: -self.memory]
+
+    def corrected(self, curvature: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """v ↦ C·v, with C = Σ along span(S) and ``curvature`` (v ↦ Σ̂·v) elsewhere.
+
+        C·v = Σ̂·v + (Y − Σ̂S)·S⁺v: for a v in span(S) it is Y's exact Σ·v, for v ⊥ S
+        it is Σ̂·v. Carrying an absent client's gradient forward over the steps the
+        server took since it was heard (a sum of remembered steps) then errs only by
+        that client's own curvature Σ_i against the federation's Σ, not by Σ̂'s error.
+        ``curvature`` itself when S is empty.
+        """
+        if not self._steps:
+            return curvature
+        S, Y = np.stack(self._steps, axis=1), np.stack(self._changes, axis=1)
+        fix = Y - curvature(S)
+        coefficients = np.linalg.pinv(S, rcond=1e-8)  # S⁺ (m, d): steps nearly parallel carry nothing new
+        return lambda v: curvature(v) + fix @ (coefficients @ v)
 
     def minimise(self, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(w', g'): the minimiser over w + span(S) and its exact gradient, both (d,)."""

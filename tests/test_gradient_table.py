@@ -42,3 +42,83 @@ def test_an_empty_table_refuses_to_estimate():
     with pytest.raises(ValueError, match="no client"):
         GradientTable(3).estimate(np.zeros(3), None)
 
+
+
+def _heterogeneous(d: int, count: int, rows_each: int, seed: int):
+    """Clients of one population: each Σ_i and b_i from its own rows (iid draws)."""
+    rng = np.random.default_rng(seed)
+    w_true = rng.standard_normal(d)
+    sigmas, bs = [], []
+    for _ in range(count):
+        X = rng.standard_normal((rows_each, d))
+        y = X @ w_true + 0.5 * rng.standard_normal(rows_each)
+        sigmas.append(X.T @ X / rows_each)
+        bs.append(X.T @ y / rows_each)
+    return np.array(sigmas), np.array(bs)
+
+
+def test_change_is_the_mean_change_of_the_clients_heard_at_both_points():
+    """Σ·step from the clients that replied at both ends; None when they hold too few rows."""
+    d, count = 5, 8
+    sigmas, bs = _heterogeneous(d, count, 30, 0)
+    rows = np.full(count, 30.0)
+    table = GradientTable(d)
+    w0, w1 = np.zeros(d), np.arange(d, dtype=float) / d
+    table.update_many(np.arange(count), rows, np.einsum("kij,j->ki", sigmas, w0) - bs, w0)
+    both = np.array([0, 2, 3, 5, 6, 7])  # clients 1 and 4 missed w1
+    table.update_many(both, rows[both], np.einsum("kij,j->ki", sigmas[both], w1) - bs[both], w1)
+    expected = sigmas[both].mean(axis=0) @ (w1 - w0)
+    assert table.change(w0, w1) == pytest.approx(expected, rel=1e-12)
+    assert table.change(w0, w1, min_share=0.8) is None  # 6 of 8 clients: 75 % of the rows
+    assert table.change(w1, w0) is None  # nobody replied at w1 and then at w0
+
+
+def test_drift_measures_how_the_clients_curvatures_differ():
+    """ρ² from the spread of per-client changes: near zero for identical Σ_i, of order
+    d/rows for Σ_i estimated from rows samples each."""
+    d, count = 6, 40
+    identity = lambda v: v  # noqa: E731
+    for rows_each, low, high in ((20, 0.05, 1.0), (2000, 5e-4, 1e-2)):
+        sigmas, bs = _heterogeneous(d, count, rows_each, 1)
+        table = GradientTable(d)
+        w0, w1 = np.zeros(d), np.ones(d)
+        for w in (w0, w1):
+            table.update_many(np.arange(count), np.ones(count), np.einsum("kij,j->ki", sigmas, w) - bs, w)
+        table.change(w0, w1, identity, identity)
+        assert low < table.drift < high
+
+
+def test_shrinkage_beats_plain_carrying_for_clients_heard_across_a_long_step():
+    """Absent clients last heard far from w: imputing the fresh mean plus a shrunk offset
+    errs less than carrying each stale gradient forward along the true mean Σ; heard at w
+    itself, nothing changes."""
+    d, count = 8, 30
+    errors = {"carry": [], "shrink": []}
+    for seed in range(20):
+        sigmas, bs = _heterogeneous(d, count, 40, seed)
+        sigma = sigmas.mean(axis=0)
+        rows = np.ones(count)
+        apply = lambda v, s=sigma: s @ v  # noqa: E731
+        grad = lambda k, w: sigmas[k] @ w - bs[k]  # noqa: E731
+        w_star = np.linalg.solve(sigma, bs.mean(axis=0))
+        w0, w1 = np.zeros(d), w_star + 0.01 * np.random.default_rng(seed).standard_normal(d)
+        table = GradientTable(d)
+        table.update_many(np.arange(count), rows, np.array([grad(k, w0) for k in range(count)]), w0)
+        fresh = np.arange(count) >= 5  # clients 0–4 missed w1
+        table.update_many(np.flatnonzero(fresh), rows[fresh], np.array([grad(k, w1) for k in np.flatnonzero(fresh)]), w1)
+        table.change(w0, w1, apply, apply)
+        exact = np.mean([grad(k, w1) for k in range(count)], axis=0)
+        errors["carry"].append(np.linalg.norm(table.estimate(w1, apply) - exact))
+        errors["shrink"].append(np.linalg.norm(table.estimate(w1, apply, apply) - exact))
+    assert np.median(errors["shrink"]) < 0.7 * np.median(errors["carry"])
+
+
+def test_shrinkage_leaves_a_current_table_and_an_unknown_drift_alone():
+    d = 4
+    table = GradientTable(d)
+    g = np.arange(8.0).reshape(2, d)
+    table.update_many(np.array([0, 1]), np.ones(2), g, np.zeros(d))
+    assert table.estimate(np.zeros(d), lambda v: v, lambda v: v) == pytest.approx(g.mean(axis=0))
+    assert table.drift is None
+    w = np.ones(d)
+    assert table.estimate(w, lambda v: v, lambda v: v) == pytest.approx(table.estimate(w, lambda v: v))

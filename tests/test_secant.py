@@ -166,3 +166,42 @@ def test_the_memory_pays_off_with_a_rough_low_rank_p(tmp_path):
     assert rounds[1] is not None and rounds[20] is not None
     assert rounds[20] < rounds[1], rounds
 
+
+
+def test_a_change_from_elsewhere_joins_the_memory_and_the_next_gradient_difference_waits():
+    """observe_change adds (step, Σ·step) without a gradient; the next observe only sets the
+    point (no pair from an unknown gradient); forget_gradient does the same after a change
+    of clients."""
+    d = 4
+    sigma = np.diag([1.0, 2.0, 3.0, 4.0])
+    mem = SecantMemory(5)
+    mem.observe_change(np.zeros(d), None)  # a first point, gradient unknown
+    assert len(mem) == 0 and not mem.knows_gradient()
+    w1 = np.array([1.0, 0, 0, 0])
+    mem.observe_change(w1, sigma @ w1)
+    assert len(mem) == 1
+    mem.observe(w1 + 1, sigma @ (w1 + 1))  # last point's gradient unknown: no pair
+    assert len(mem) == 1 and mem.knows_gradient()
+    mem.forget_gradient()
+    mem.observe(w1 + 2, np.zeros(d))
+    assert len(mem) == 1
+
+
+def test_corrected_curvature_is_exact_along_the_steps_and_the_estimate_elsewhere():
+    rng = np.random.default_rng(3)
+    d = 6
+    a = rng.standard_normal((d, d))
+    sigma = a @ a.T + d * np.eye(d)
+    rough = np.diag(np.diag(sigma))  # Σ̂: right diagonal, no correlations
+    mem = SecantMemory(3)
+    points = [rng.standard_normal(d) for _ in range(3)]
+    mem.observe(points[0], sigma @ points[0])
+    for w in points[1:]:
+        mem.observe(w, sigma @ w)
+    corrected = mem.corrected(lambda v: rough @ v)
+    inside = 0.3 * (points[1] - points[0]) - 2.0 * (points[2] - points[1])
+    assert corrected(inside) == pytest.approx(sigma @ inside, rel=1e-9)
+    q, _ = np.linalg.qr(np.stack([points[1] - points[0], points[2] - points[1]], axis=1), mode="complete")
+    outside = q[:, 2]
+    assert corrected(outside) == pytest.approx(rough @ outside, abs=1e-9)
+    assert SecantMemory(2).corrected(np.negative)(np.ones(2)) == pytest.approx(-np.ones(2))

@@ -158,3 +158,37 @@ def test_dropouts_raise_the_probes_asked_during_the_warm_up_only():
     strategy._sampled = 3
     strategy.aggregate_cohort(3, _replies(rng.standard_normal((3, d)), np.full(3, 100), probes))
     assert strategy.curvature.warmed_up() and strategy.round_config(4).probes == 6
+
+
+class _WarmOracle(OracleCurvature):
+    """The true Σ, counted as past its warm-up (so rounds that miss clients feed the memory)."""
+
+    def warmed_up(self) -> bool:
+        return True
+
+
+def test_rounds_that_miss_clients_feed_the_memory_and_a_screened_out_client_resets_it():
+    """Pairs come from the clients heard at both ends when one is absent; a client joining
+    keeps the memory; one leaving the table (screened out) starts it afresh."""
+    rng = np.random.default_rng(4)
+    d, count = 3, 6
+    sigmas = np.array([np.cov(rng.standard_normal((30, d)), rowvar=False) for _ in range(count)])
+    bs = rng.standard_normal((count, d))
+    grads = lambda ids, w: np.einsum("kij,j->ki", sigmas[ids], w) - bs[ids]  # noqa: E731
+    strategy = GradCovStrategy(d, learning_rate=1.0, line_search_memory=5, curvature=_WarmOracle(sigmas.mean(0)))
+
+    def round_of(ids: list[int], w: np.ndarray, rnd: int) -> np.ndarray:
+        ids = np.array(ids)
+        replies = CohortReplies(partitions=ids, probes=np.zeros((len(ids), 0, 0, d)), updates=grads(ids, w),
+                                num_examples=np.full(len(ids), 30), local_rows=np.full(len(ids), 30))
+        strategy._weights = w
+        return strategy.aggregate_cohort(rnd, replies)[0]["w"].numpy()
+
+    w = round_of([0, 1, 2, 3, 4], np.zeros(d), 1)
+    w = round_of([0, 1, 2, 4], w, 2)  # client 3 absent: the pair from 0, 1, 2 and 4
+    assert len(strategy.secant) == 1
+    w = round_of([0, 1, 2, 3, 4, 5], w, 3)  # client 5 joins: the memory stays and grows
+    assert len(strategy.secant) == 2
+    strategy.table.remove(5)  # as the server does with a client whose gradient it screens out
+    round_of([0, 1, 2, 3, 4], w, 4)
+    assert len(strategy.secant) == 0
