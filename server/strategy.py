@@ -26,7 +26,7 @@ from shared.curvature import CurvatureSource, ProbeCurvature
 from shared.gradient_table import GradientTable
 from shared.lbfgs import LBFGSMemory
 from shared.lowrank import LowRankPreconditioner
-from shared.robust import ReplyHistory
+from shared.robust import CURVATURE_BAND, ReplyHistory
 from shared.secant import SecantMemory, gradients_are_exact
 
 MAX_PROBE_BOOST = 2.0  # dropouts raise the probes asked of the others at most this much
@@ -97,8 +97,9 @@ class GradCovStrategy(Strategy):
         the exact minimiser over the last this many steps, and size the next step
         along the previous one, from the gradient changes the steps caused
         (:class:`shared.secant.SecantMemory`; no extra messages). A step's change
-        comes from ĝ when every client of the table replied at both ends, else
-        (once Σ̂ is warmed up) from the clients that did
+        comes from ĝ when every client of the table replied at both ends, else (once
+        Σ̂ is warmed up, with the "secant" rule) from the clients that did, when at
+        least 3 holding a quarter of the table's rows did
         (:meth:`shared.gradient_table.GradientTable.change`). While the rounds so far fit in the memory and P is fixed,
         this is preconditioned conjugate gradients; with P = I (``precondition``
         off) it is federated CG, the ``fedsgd-memory`` rival. 0 = plain steps.
@@ -228,7 +229,9 @@ class GradCovStrategy(Strategy):
         self._asked = 0  # nodes sampled so far (rounds whose replies came back)
         self._replied = 0  # … and how many of them replied
         self._sampled = 0  # nodes sampled this round
-        self.table = GradientTable(dim)  # every client's latest gradient: ĝ of the whole federation
+        # every client's latest gradient: ĝ of the whole federation (and its previous one
+        # where the secant memory can take pairs from the clients heard at both ends)
+        self.table = GradientTable(dim, keep_previous=self._exact_gradients() and self.lbfgs is None)
         self.history = ReplyHistory(dim)  # every client's last gradient, to check its next one
 
     # -- what callers read -------------------------------------------------
@@ -422,7 +425,9 @@ class GradCovStrategy(Strategy):
     def _pair_from_table(self) -> None:
         """In a round the memory cannot learn from ĝ (some client of the table missed w,
         or the last point), the step that led to w joins it all the same, with Σ·step
-        from the clients heard at both ends (``GradientTable.change``)."""
+        from the clients heard at both ends (``GradientTable.change``), unless too few
+        were or their curvature along the step is implausible against Σ̂
+        (``CURVATURE_BAND``); the memory's point moves to w either way."""
         if not self._pairs_from_table():
             return
         members = self.table.members()
@@ -435,12 +440,18 @@ class GradCovStrategy(Strategy):
                 self.secant.forget_gradient()
             self._repliers = members
         before = self.secant.last_point
-        if before is None:  # the first point: the next step's pair can come from the table
-            self.secant.observe_change(self._weights, None)
-        elif not (self.secant.knows_gradient() and self.table.current(self._weights)):
+        if before is not None and self.secant.knows_gradient() and self.table.current(self._weights):
+            return  # ĝ is exact at both ends: _memory_step takes the pair from it
+        change = None
+        if before is not None:
             change = self.table.change(before, self._weights, self.curvature.apply, self._apply_preconditioner)
-            if change is not None:
-                self.secant.observe_change(self._weights, change)
+        if change is not None:
+            step = self._weights - before
+            along = float(step @ self.curvature.apply(step))
+            low, high = CURVATURE_BAND
+            if not along > 0 or not low <= float(step @ change) / along <= high:
+                change = None
+        self.secant.observe_change(self._weights, change)
 
     def _apply_preconditioner(self, v: np.ndarray) -> np.ndarray:
         """P·v for a vector (d,) or the columns of a matrix (d, m)."""
@@ -501,7 +512,7 @@ class GradCovStrategy(Strategy):
             # carry absent clients forward with Σ itself along the remembered steps (their
             # error is then each one's Σ_i against Σ, not Σ̂'s), shrunk towards the fresh mean
             curvature = self.secant.corrected(curvature)
-            return self.table.estimate(self._weights, curvature, self._apply_preconditioner)
+            return self.table.estimate(self._weights, curvature, self._apply_preconditioner, self.curvature.apply)
         return self.table.estimate(self._weights, curvature)
 
     def _exact_gradients(self) -> bool:

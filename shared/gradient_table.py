@@ -34,20 +34,27 @@ from collections.abc import Callable
 
 import numpy as np
 
-# the least share of the rows behind a pair estimated from the clients heard at both
-# of its points (GradientTable.change)
+# a pair estimated from the clients heard at both of its points (GradientTable.change)
+# needs at least this share of the table's rows and this many clients; shrinkage
+# (GradientTable.estimate) needs this many clients heard at w
 MIN_SHARE = 0.25
+MIN_CLIENTS = 3
 
 
 class LatestPerClient:
     """Each client's latest gradient, the point it was taken at and its weight, as dense
     arrays indexed by partition id (no Python object per client: a round of K replies
-    is a few array operations, and a checkpoint pickles four arrays).
+    is a few array operations, and a checkpoint pickles four arrays, seven with
+    ``keep_previous``).
 
     Parameters
     ----------
     dim : int
         d, the length of each gradient and point.
+    keep_previous : bool, default False
+        Also keep each client's entry before its latest (``previous``,
+        ``previous_gradients``, ``previous_points``): its last two replies give Σ_i
+        times the step between them.
     """
 
     def __init__(self, dim: int, keep_previous: bool = False) -> None:
@@ -120,12 +127,22 @@ class GradientTable:
     ----------
     dim : int
         d, the length of w and of each gradient.
+    keep_previous : bool, default False
+        Keep each client's entry before its latest too, for ``change`` (which gives
+        None without it). The server sets it where pairs can come from the table
+        (exact per-client gradients and the secant memory).
+
+    Attributes
+    ----------
+    drift : float or None
+        ρ², how fast a client's offset from the mean moves per unit step (squared,
+        in ``change``'s norms), measured by the last ``change``; None: not measured.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, keep_previous: bool = False) -> None:
         self.dim = dim
-        self._store = LatestPerClient(dim, keep_previous=True)
-        self.drift: float | None = None  # ρ², set by change(): offsets' drift per unit step
+        self._store = LatestPerClient(dim, keep_previous=keep_previous)
+        self.drift: float | None = None
 
     def __len__(self) -> int:
         """The number of clients heard from."""
@@ -182,36 +199,44 @@ class GradientTable:
         w: np.ndarray,
         curvature: Callable[[np.ndarray], np.ndarray] | None,
         metric: Callable[[np.ndarray], np.ndarray] | None = None,
+        step_norm: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> np.ndarray:
-        """ĝ(w), shape (d,): Ḡ + Σ̂·(w − W̄), or, with ``metric``, each absent client's
-        carried gradient shrunk towards the fresh clients' mean.
+        """ĝ(w), shape (d,): Ḡ + C·(w − W̄), or, with ``metric`` and ``step_norm``, each
+        absent client's carried gradient shrunk towards the fresh clients' mean.
 
         Ḡ and W̄ are recomputed from the table each call (O(clients·d), no running sums
         to drift).
 
-        **Shrinkage** (``metric`` given, and the drift known from an earlier ``change``).
-        An absent client's gradient at w is the fresh clients' mean ḡ_R(w) plus its own
-        offset from the mean, and its carried gradient c_i = g_i + Σ̂(w − w_i) keeps the
-        offset it had at w_i. Two predictions, two errors: c_i errs by how far its
-        offset moved since, (Σ_i − Σ)(w − w_i), of size ρ²·‖w − w_i‖²_Σ̂ (ρ² the drift
-        measured along the last step); ḡ_R errs by the whole offset, of the size σ² the
-        fresh clients' own offsets have now. The estimate takes
-        λ_i c_i + (1 − λ_i) ḡ_R with λ_i = σ² / (σ² + ρ²‖w − w_i‖²_Σ̂): a client heard
-        across a long step is mostly imputed, one heard at the last point mostly carried.
-        Both sizes are medians over clients (in the ``metric`` norm), so one lying client
-        does not set them.
+        **Shrinkage** (``metric`` and ``step_norm`` given, ``drift`` measured by this
+        round's ``change``, and at least ``MIN_CLIENTS`` clients heard at w). An absent
+        client's gradient at w is the fresh clients' mean ḡ_R(w) plus its own offset
+        from the mean, and its carried gradient c_i = g_i + C(w − w_i) keeps the offset
+        it had at w_i. Two predictions, two errors: c_i errs by how far its offset moved
+        since, (Σ_i − Σ)(w − w_i), of size ρ²·‖w − w_i‖²_Σ̂ (ρ² = ``drift``); ḡ_R errs by
+        the whole offset, of the size σ² the fresh clients' own offsets have now. The
+        estimate takes λ_i c_i + (1 − λ_i) ḡ_R with λ_i = σ² / (σ² + ρ²‖w − w_i‖²_Σ̂)
+        in [0, 1]: a client heard across a long step is mostly imputed, one heard at
+        the last point mostly carried. The weights treat the two errors as independent,
+        which holds near the optimum and while steps head towards it (an offset that
+        grew along a step away from the optimum would be shrunk too much). Both sizes
+        are medians over clients (in the ``metric`` norm), so a lying client does not
+        set them.
 
         Parameters
         ----------
         w : ndarray of shape (d,)
             The point the federation's gradient is wanted at.
         curvature : callable or None
-            v ↦ Σ̂·v for (d,) vectors or the columns of (d, m) matrices; None carries
-            the stale gradients forward unchanged (SAG).
+            C: v ↦ C·v for (d,) vectors, the curvature stale gradients are carried
+            along (Σ̂, or Σ̂ corrected along remembered steps); None carries them
+            forward unchanged (SAG).
         metric : callable or None
-            v ↦ M·v (columns too), the norm the two errors are sized in (the server
-            passes its preconditioner P: the step's error is P times ĝ's); None: no
-            shrinkage.
+            v ↦ M·v on the columns of a (d, m) matrix, the norm the two errors are
+            sized in (the server passes its preconditioner P: the step's error is P
+            times ĝ's); None: no shrinkage.
+        step_norm : callable or None
+            v ↦ Σ̂·v on the columns of a (d, m) matrix, the norm moves are measured in
+            (the one ``change`` measured ``drift`` in); None: no shrinkage.
 
         Raises
         ------
@@ -226,29 +251,33 @@ class GradientTable:
         if self.current(w):  # every client replied at w: their weighted mean in partition order
             return np.average(gradients, axis=0, weights=rows)
         total = rows.sum()
-        if curvature is not None and metric is not None and self.drift is not None:
-            points = self._store.points[members]
-            fresh = np.all(points == np.asarray(w), axis=1)
-            if fresh.sum() >= 2:
+        points = self._store.points[members]
+        w = np.asarray(w, dtype=float)
+        if curvature is not None and metric is not None and step_norm is not None and self.drift is not None:
+            fresh = np.all(points == w, axis=1)
+            if fresh.sum() >= MIN_CLIENTS:
                 fresh_mean = rows[fresh] @ gradients[fresh] / rows[fresh].sum()
                 offsets = _median_norm2(gradients[fresh] - fresh_mean, metric)
-                moves = np.asarray(w, dtype=float) - points[~fresh]  # (A, d)
-                carried = gradients[~fresh] + curvature(moves.T).T
-                drift = self.drift * np.einsum("ij,ij->i", moves, curvature(moves.T).T)
-                keep = offsets / (offsets + drift) if offsets > 0 else np.zeros(len(moves))
-                absent = keep[:, None] * carried + (1 - keep)[:, None] * fresh_mean
-                return (rows[fresh] @ gradients[fresh] + rows[~fresh] @ absent) / total
+                moves = w - points[~fresh]  # (A, d)
+                lengths = np.maximum(np.einsum("ij,ij->i", moves, step_norm(moves.T).T), 0.0)
+                spread = offsets + self.drift * lengths
+                keep = np.divide(offsets, spread, out=np.ones_like(spread), where=spread > 0)
+                weights = rows[~fresh] * keep  # p_i λ_i (unnormalised)
+                # Σ p_i [λ_i (g_i + C m_i) + (1 − λ_i) ḡ_R]: C applied once, to Σ p_i λ_i m_i
+                absent = (weights @ gradients[~fresh] + (rows[~fresh] - weights).sum() * fresh_mean
+                          + curvature(weights @ moves))
+                return (rows[fresh] @ gradients[fresh] + absent) / total
         mean_gradient = rows @ gradients / total
         if curvature is None:
             return mean_gradient
-        mean_point = rows @ self._store.points[members] / total
-        return mean_gradient + curvature(np.asarray(w, dtype=float) - mean_point)
+        mean_point = rows @ points / total
+        return mean_gradient + curvature(w - mean_point)
 
     def change(
         self,
         before: np.ndarray,
         w: np.ndarray,
-        curvature: Callable[[np.ndarray], np.ndarray] | None = None,
+        step_norm: Callable[[np.ndarray], np.ndarray] | None = None,
         metric: Callable[[np.ndarray], np.ndarray] | None = None,
         min_share: float = MIN_SHARE,
     ) -> np.ndarray | None:
@@ -259,28 +288,36 @@ class GradientTable:
         federation's Σ·(w − before) (a ratio estimator: Σ is the row-weighted mean of
         the Σ_i), whatever the other clients did. So a round that missed clients
         still gives the step memory a pair, its error only the spread of the Σ_i
-        between the clients heard and the rest. None when those clients hold less
-        than ``min_share`` of the table's rows (too few to stand for the rest).
+        between the clients heard and the rest. None when fewer than ``MIN_CLIENTS``
+        were heard at both points, or when they hold less than ``min_share`` of the
+        table's rows (too few to stand for the rest).
 
-        With ``curvature`` and ``metric``, the spread of the clients' changes about
-        their mean also sets ``drift``: ρ² = median_i ‖(Σ_i − Σ̄)s‖²_M / ‖s‖²_Σ̂ for the
-        step s = w − before, how fast a client's offset from the mean moves per unit
-        step (what ``estimate`` shrinks by).
+        Every call also sets ``drift`` for this step s = w − before: with
+        ``step_norm`` and ``metric``, ρ² = median_i ‖(Σ_i − Σ̄)s‖²_M / ‖s‖²_Σ̂ from the
+        spread of the clients' changes about their mean (how fast a client's offset
+        from the mean moves per unit step: what ``estimate`` shrinks by); None when
+        there is no pair, no norms, or sᵀΣ̂s ≤ 0 (``estimate`` then does not shrink).
 
         Parameters
         ----------
         before, w : ndarray of shape (d,)
             The two points (``before`` the earlier).
-        curvature : callable or None
+        step_norm : callable or None
             v ↦ Σ̂·v, the norm steps are measured in.
         metric : callable or None
-            v ↦ M·v (columns too), the norm offsets are measured in.
+            v ↦ M·v on the columns of a (d, m) matrix, the norm offsets are measured in.
         min_share : float
             The least share of the table's rows the clients heard at both points must hold.
+
+        Returns
+        -------
+        ndarray of shape (d,) or None
+            The estimated Σ·(w − before).
         """
+        self.drift = None
         store = self._store
         members = store.members()
-        if not len(members):
+        if not len(members) or not store.keep_previous:
             return None
         rows = store.rows[members]
         both = (
@@ -289,18 +326,19 @@ class GradientTable:
             & np.all(store.previous_points[members] == np.asarray(before), axis=1)
         )
         heard = rows[both].sum()
-        if heard == 0 or heard < min_share * rows.sum():
+        if both.sum() < MIN_CLIENTS or heard < min_share * rows.sum():
             return None
         changes = store.gradients[members[both]] - store.previous_gradients[members[both]]
         mean = rows[both] @ changes / heard
-        step = np.asarray(w, dtype=float) - np.asarray(before, dtype=float)
-        if curvature is not None and metric is not None and both.sum() >= 2:
-            length = float(step @ curvature(step))
+        if step_norm is not None and metric is not None:
+            step = np.asarray(w, dtype=float) - np.asarray(before, dtype=float)
+            length = float(step @ step_norm(step))
             if length > 0:
                 self.drift = _median_norm2(changes - mean, metric) / length
         return mean
 
 
 def _median_norm2(vectors: np.ndarray, metric: Callable[[np.ndarray], np.ndarray]) -> float:
-    """The median over rows v of vectors (K, d) of vᵀ·M·v (``metric``: v ↦ M·v on columns)."""
-    return float(np.median(np.einsum("ij,ij->i", vectors, metric(vectors.T).T)))
+    """The median over rows v of vectors (K, d) of vᵀ·M·v (``metric``: v ↦ M·v on columns),
+    floored at 0."""
+    return max(float(np.median(np.einsum("ij,ij->i", vectors, metric(vectors.T).T))), 0.0)

@@ -21,6 +21,12 @@ from observations, so round-off does not compound — and uses them twice a roun
   P's scale is too large along some direction (a low-rank P that missed part
   of a spike treats it as bulk).
 
+A pair may also come from elsewhere (``observe_change``): in a round that missed
+clients the server estimates Σ·step from the clients heard at both ends of the
+step (``shared.gradient_table.GradientTable.change``). Such a column of Y is the
+mean Σ_i·s of those clients, not exactly Σs, and "exact" below then means "as
+exact as the pairs".
+
 No extra messages: only the aggregated gradients the clients already send.
 """
 
@@ -112,7 +118,8 @@ class SecantMemory:
     def corrected(self, curvature: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
         """v ↦ C·v, with C = Σ along span(S) and ``curvature`` (v ↦ Σ̂·v) elsewhere.
 
-        C·v = Σ̂·v + (Y − Σ̂S)·S⁺v: for a v in span(S) it is Y's exact Σ·v, for v ⊥ S
+        C·v = Σ̂·v + (Y − Σ̂S)·S⁺v: for a v in span(S) it is Y's Σ·v (exact from ĝ
+        differences, the both-ends clients' mean from ``observe_change``), for v ⊥ S
         it is Σ̂·v. Carrying an absent client's gradient forward over the steps the
         server took since it was heard (a sum of remembered steps) then errs only by
         that client's own curvature Σ_i against the federation's Σ, not by Σ̂'s error.
@@ -126,7 +133,8 @@ class SecantMemory:
         return lambda v: curvature(v) + fix @ (coefficients @ v)
 
     def minimise(self, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(w', g'): the minimiser over w + span(S) and its exact gradient, both (d,)."""
+        """(w', g'): the minimiser over w + span(S) and its gradient, both (d,) (exact
+        with exact pairs and an exact g)."""
         if not self._steps:
             return w, g
         S, Y = np.stack(self._steps, axis=1), np.stack(self._changes, axis=1)

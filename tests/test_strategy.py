@@ -168,10 +168,12 @@ class _WarmOracle(OracleCurvature):
 
 
 def test_rounds_that_miss_clients_feed_the_memory_and_a_screened_out_client_resets_it():
-    """Pairs come from the clients heard at both ends when one is absent; a client joining
-    keeps the memory; one leaving the table (screened out) starts it afresh."""
+    """Pairs come from the clients heard at both ends when one is absent (their mean Σ_i·s);
+    a round with too few of them gives no pair but moves the memory's point, so the next
+    round pairs again; a client joining keeps the memory; one leaving the table (screened
+    out) starts it afresh."""
     rng = np.random.default_rng(4)
-    d, count = 3, 6
+    d, count = 3, 8
     sigmas = np.array([np.cov(rng.standard_normal((30, d)), rowvar=False) for _ in range(count)])
     bs = rng.standard_normal((count, d))
     grads = lambda ids, w: np.einsum("kij,j->ki", sigmas[ids], w) - bs[ids]  # noqa: E731
@@ -184,11 +186,19 @@ def test_rounds_that_miss_clients_feed_the_memory_and_a_screened_out_client_rese
         strategy._weights = w
         return strategy.aggregate_cohort(rnd, replies)[0]["w"].numpy()
 
-    w = round_of([0, 1, 2, 3, 4], np.zeros(d), 1)
-    w = round_of([0, 1, 2, 4], w, 2)  # client 3 absent: the pair from 0, 1, 2 and 4
+    w0 = np.zeros(d)
+    w1 = round_of([0, 1, 2, 3, 4, 5], w0, 1)
+    w2 = round_of([0, 1, 2, 4, 5], w1, 2)  # client 3 absent: the pair from 0, 1, 2, 4 and 5
     assert len(strategy.secant) == 1
-    w = round_of([0, 1, 2, 3, 4, 5], w, 3)  # client 5 joins: the memory stays and grows
-    assert len(strategy.secant) == 2
-    strategy.table.remove(5)  # as the server does with a client whose gradient it screens out
-    round_of([0, 1, 2, 3, 4], w, 4)
+    step = w1 - w0
+    pair = strategy.secant._changes[-1] * np.linalg.norm(step)
+    np.testing.assert_allclose(pair, sigmas[[0, 1, 2, 4, 5]].mean(0) @ step, rtol=1e-10)
+    w3 = round_of([3, 4], w2, 3)  # 1 client heard at both ends: no pair, the point moves on
+    assert len(strategy.secant) == 1
+    w4 = round_of([0, 1, 3, 4, 5], w3, 4)  # only 3 and 4 were heard at both w2 and w3: no pair
+    assert len(strategy.secant) == 1
+    w5 = round_of([0, 1, 3, 4, 5, 6], w4, 5)  # client 6 joins; 0, 1, 3, 4 and 5 heard at w3 and w4
+    assert len(strategy.secant) == 2  # (with the point left at w2, nobody would have been)
+    strategy.table.remove(6)  # as the server does with a client whose gradient it screens out
+    round_of([0, 1, 2, 3, 4, 5], w5, 6)
     assert len(strategy.secant) == 0
