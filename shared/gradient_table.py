@@ -320,16 +320,15 @@ class GradientTable:
         if not len(members) or not store.keep_previous:
             return None
         rows = store.rows[members]
-        both = (
-            store.previous[members]
-            & np.all(store.points[members] == np.asarray(w), axis=1)
-            & np.all(store.previous_points[members] == np.asarray(before), axis=1)
-        )
-        heard = rows[both].sum()
-        if both.sum() < MIN_CLIENTS or heard < min_share * rows.sum():
+        fresh = members[np.all(store.points[members] == np.asarray(w), axis=1)]
+        if len(fresh) < MIN_CLIENTS or store.rows[fresh].sum() < min_share * rows.sum():
+            return None  # a sampled round: too few heard at w to make the share at all
+        both = fresh[store.previous[fresh] & np.all(store.previous_points[fresh] == np.asarray(before), axis=1)]
+        heard = store.rows[both].sum()
+        if len(both) < MIN_CLIENTS or heard < min_share * rows.sum():
             return None
-        changes = store.gradients[members[both]] - store.previous_gradients[members[both]]
-        mean = rows[both] @ changes / heard
+        changes = store.gradients[both] - store.previous_gradients[both]
+        mean = store.rows[both] @ changes / heard
         if step_norm is not None and metric is not None:
             step = np.asarray(w, dtype=float) - np.asarray(before, dtype=float)
             length = float(step @ step_norm(step))
