@@ -172,8 +172,11 @@ def cross_device_goal(label: str, rows: list[dict], scenario, budget: int, out: 
         else:
             verdicts.append((f"{label}: {m} {r:g} rounds vs gradcov {g:g}: {r / g:.1f}× (goal ≥ 10×)", r >= 10 * g))
     o = _rounds(by.get("oracle"))
-    verdicts.append((f"{label}: gradcov {g:g} ≤ 2 × oracle {o:g} + warm-up {warmup}",
-                     math.isfinite(g) and g <= 2 * o + warmup))
+    if "oracle" not in by:
+        verdicts.append((f"{label}: oracle not run (goal: within 2× its rounds + warm-up)", False))
+    else:
+        verdicts.append((f"{label}: gradcov {g:g} ≤ 2 × oracle {o:g} + warm-up {warmup}",
+                         math.isfinite(g) and g <= 2 * o + warmup))
     gb = _bytes(by.get("gradcov"))
     reached = (by.get("gradcov") or {}).get("rounds_to_target")
     if "fednl" not in by:

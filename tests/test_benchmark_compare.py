@@ -100,3 +100,12 @@ def test_goal_fails_when_gradcov_misses_or_fednl_is_cheaper(tmp_path):
     cheaper = [_row("gradcov", 2, 2, 500), _row("oracle", 1, 1), _row("fednl", 3, 3, 300, "fednl/best")]
     uplink = [(t, ok) for t, ok in _verdicts(cheaper, tmp_path) if "uplink" in t]
     assert len(uplink) == 1 and not uplink[0][1] and "reached the target in 3" in uplink[0][0]
+
+
+def test_goal_fails_when_oracle_or_fednl_was_not_run(tmp_path):
+    rows = [_row("gradcov", 120, 120, 1000)]
+    verdicts = dict(_verdicts(rows, tmp_path))
+    oracle = next(t for t in verdicts if "oracle" in t)
+    fednl = next(t for t in verdicts if "fednl" in t)
+    assert "oracle not run" in oracle and not verdicts[oracle]  # not 120 ≤ 2 × inf
+    assert "fednl not run" in fednl and not verdicts[fednl]
