@@ -1,7 +1,8 @@
 """Clean and faulty runs side by side: dropouts, partial participation, Byzantine clients.
 
     python benchmarks/faults.py [--seeds 1,2,3,4,5] [--scenarios quickstart,ill_conditioned]
-                                [--kinds nan,inf,...] [--byzantine 1,4] [--skip-dropout] [--skip-byzantine]
+                                [--kinds nan,inf,...] [--byzantine 1,4] [--byzantine-dropout 0.2]
+                                [--skip-dropout] [--skip-byzantine]
                                 [--skip-stragglers] [--straggler-engines inline,simulation]
 
 Every faulty run has a clean twin with the same scenario and seed (inline engine),
@@ -16,7 +17,8 @@ is held to (issue 10):
   shrinkage towards the fresh mean): a reference for what knowing Σ buys, since a client that
   has not replied yet is missing from every estimate of the federation's gradient;
 - 1 Byzantine client of 20, each kind: finishes, rounds ≤ 1.5× clean, final Σ̂ error ≤ 2× clean;
-  4 of 20: reported against the same bars.
+  4 of 20: reported against the same bars. ``--byzantine-dropout P`` also drops a share P
+  of all replies in those runs: both faults at once, against the same clean twin.
 
 - stragglers past ``training.round_timeout``: a round costs at most the timeout more than
   the clean round (median seconds per round, same scenario and seed, side by side).
@@ -100,8 +102,11 @@ def dropout_table(scenarios: list[str], seeds: list[int], console: Console, tmp:
 
 
 def byzantine_table(scenarios: list[str], seeds: list[int], kinds: list[str], counts: list[int],
-                    console: Console, tmp: Path) -> None:
-    table = Table(title=f"Byzantine clients of {CLIENTS} (medians over seeds {seeds})")
+                    console: Console, tmp: Path, dropout: float = 0.0) -> None:
+    """Byzantine clients of each kind, with ``dropout`` of all replies lost on top (the clean
+    twin has neither)."""
+    also = f", {dropout:g} of replies dropped too" if dropout else ""
+    table = Table(title=f"Byzantine clients of {CLIENTS}{also} (medians over seeds {seeds})")
     for col in ("scenario", "kind", "bad", "rounds", "clean", "ratio", "Σ̂ err", "clean", "ratio", "reached", "met"):
         table.add_column(col)
     base = [f"clients.count={CLIENTS}"]
@@ -110,6 +115,7 @@ def byzantine_table(scenarios: list[str], seeds: list[int], kinds: list[str], co
         for count in counts:
             for kind in kinds:
                 sets = base + [f"faults.byzantine={count}", f'faults.byzantine_kind="{kind}"']
+                sets += [f"faults.dropout={dropout}"] if dropout else []
                 rounds, error, reached = medians(scenario, sets, seeds, tmp)
                 r_ratio = rounds / clean_rounds
                 e_ratio = error / clean_error if error is not None and clean_error else None
@@ -159,12 +165,22 @@ def straggler_table(scenario: str, engines: list[str], console: Console, tmp: Pa
     console.print(table)
 
 
+def _share(text: str) -> float:
+    """A share in [0, 1) for argparse (which turns the ValueError into a one-line error)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: give a share in [0, 1), e.g. 0.2")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3,4,5")
     parser.add_argument("--scenarios", default="quickstart,ill_conditioned")
     parser.add_argument("--kinds", default=",".join(BYZANTINE_KINDS))
     parser.add_argument("--byzantine", default="1,4", help="numbers of Byzantine clients of 20")
+    parser.add_argument("--byzantine-dropout", type=_share, default=0.0,
+                        help="also drop this share of replies in the Byzantine runs (both faults at once)")
     parser.add_argument("--skip-dropout", action="store_true")
     parser.add_argument("--skip-byzantine", action="store_true")
     parser.add_argument("--skip-stragglers", action="store_true")
@@ -181,7 +197,7 @@ def main() -> None:
         if not args.skip_byzantine:
             kinds = [k for k in args.kinds.split(",") if k]
             counts = [int(c) for c in args.byzantine.split(",") if c]
-            byzantine_table(scenarios, seeds, kinds, counts, console, tmp)
+            byzantine_table(scenarios, seeds, kinds, counts, console, tmp, args.byzantine_dropout)
         if not args.skip_stragglers:
             engines = [e for e in args.straggler_engines.split(",") if e]
             straggler_table(scenarios[0], engines, console, tmp)
