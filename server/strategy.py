@@ -118,9 +118,10 @@ class GradCovStrategy(Strategy):
         step (:class:`shared.lbfgs.LBFGSMemory`; the first step, before any
         curvature pair, is w − η·P·ĝ), the ``fedlbfgs`` rival.
     memory_on_inexact : bool, default False
-        Use the memory even when ĝ is not exact (sampled clients, dropouts,
-        mini-batches, noisy targets): CG and L-BFGS assume exact gradients, and the
-        rivals run that way anyway, to show what happens. gradcov keeps it off.
+        Use the memory every round, as if ĝ were exact, even when it is not (sampled
+        clients, dropouts, mini-batches, noisy targets): CG and L-BFGS assume exact
+        gradients, and the rivals run that way anyway, to show what happens. gradcov
+        keeps it off.
     probe_target : float or None, default None
         The adaptive probe budget (dense Σ̂ only): stop asking for probes once one
         more round of them is predicted to save no round towards this relative
@@ -401,6 +402,10 @@ class GradCovStrategy(Strategy):
     # -- the step rule -------------------------------------------------------
     def _step(self, mean: np.ndarray) -> np.ndarray:
         """The next w from the federation gradient ĝ (d,) at w."""
+        if self.secant is not None and self.memory_on_inexact:
+            # the rivals (CG, L-BFGS) treat every ĝ as exact, as they assume: with sampled
+            # clients, dropouts, mini-batches or noisy targets they run that way anyway
+            return self._memory_step(mean, exact=True)
         if self._exact_gradients():
             # exact quadratic: correct over the past steps and size the step from them.
             # Differences of ĝ are Σ·step only for exact gradients of one set of clients:
@@ -411,8 +416,6 @@ class GradCovStrategy(Strategy):
                 self._forget_steps()
                 self._repliers = self.table.members()
             return self._memory_step(mean, exact=self.table.current(self._weights))
-        if self.secant is not None and self.memory_on_inexact:
-            return self._memory_step(mean, exact=True)  # CG / L-BFGS on an inexact ĝ: what the rivals do
         return self._weights - self.learning_rate * (self.preconditioner @ mean)
 
     def _pairs_from_table(self) -> bool:

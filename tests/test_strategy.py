@@ -202,3 +202,25 @@ def test_rounds_that_miss_clients_feed_the_memory_and_a_screened_out_client_rese
     strategy.table.remove(6)  # as the server does with a client whose gradient it screens out
     round_of([0, 1, 2, 3, 4, 5], w5, 6)
     assert len(strategy.secant) == 0
+
+
+def test_the_cg_rival_uses_its_memory_on_sampled_rounds_too():
+    """fedsgd-memory / fedlbfgs (memory_on_inexact) treat every ĝ as exact, as CG and L-BFGS
+    assume, even when only some clients replied: the memory takes a pair every round (it
+    once stayed empty on sampled federations, silently turning the rival into FedSGD)."""
+    rng = np.random.default_rng(6)
+    d, count = 3, 6
+    sigma = np.cov(rng.standard_normal((40, d)), rowvar=False)
+    bs = rng.standard_normal((count, d))
+    for rule in ("secant", "lbfgs"):
+        strategy = GradCovStrategy(d, learning_rate=0.1, precondition=False, probes=0, line_search_memory=5,
+                                   memory_on_inexact=True, step_rule=rule)
+        w = np.zeros(d)
+        for rnd, ids in enumerate(([0, 1, 2], [3, 4, 5], [1, 3, 5]), start=1):
+            ids = np.array(ids)
+            replies = CohortReplies(partitions=ids, probes=np.zeros((3, 0, 0, d)), updates=sigma @ w - bs[ids],
+                                    num_examples=np.full(3, 10), local_rows=np.full(3, 10))
+            strategy._weights = w
+            w = strategy.aggregate_cohort(rnd, replies)[0]["w"].numpy()
+        memory = strategy.lbfgs if rule == "lbfgs" else strategy.secant
+        assert len(memory) == 2, rule
