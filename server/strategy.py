@@ -26,7 +26,7 @@ from shared.curvature import CurvatureSource, ProbeCurvature
 from shared.gradient_table import GradientTable
 from shared.lbfgs import LBFGSMemory
 from shared.lowrank import LowRankPreconditioner
-from shared.robust import CURVATURE_BAND, ReplyHistory
+from shared.robust import CURVATURE_BAND, ReplyHistory, curvature_ratios
 from shared.secant import SecantMemory, gradients_are_exact
 
 MAX_PROBE_BOOST = 2.0  # dropouts raise the probes asked of the others at most this much
@@ -410,11 +410,8 @@ class GradCovStrategy(Strategy):
             # exact quadratic: correct over the past steps and size the step from them.
             # Differences of ĝ are Σ·step only for exact gradients of one set of clients:
             # they give the pair in rounds where every client in the table replied at
-            # both ends (_pair_from_table gives the others' once Σ̂ is warmed up), and
-            # before the warm-up a new memory starts when the table's clients change
-            if self.table.members() != self._repliers:
-                self._forget_steps()
-                self._repliers = self.table.members()
+            # both ends (_pair_from_table gives the others' once Σ̂ is warmed up;
+            # _sync_members handles a change in the table's clients)
             return self._memory_step(mean, exact=self.table.current(self._weights))
         return self._weights - self.learning_rate * (self.preconditioner @ mean)
 
@@ -433,15 +430,6 @@ class GradCovStrategy(Strategy):
         (``CURVATURE_BAND``); the memory's point moves to w either way."""
         if not self._pairs_from_table():
             return
-        members = self.table.members()
-        if members != self._repliers:
-            if set(self._repliers) - set(members):
-                # a client was screened out of the table: the pairs it helped make may
-                # be poisoned, so the memory starts afresh (as before the warm-up)
-                self._forget_steps()
-            else:  # clients joined: the steps stay, the next pair comes from the table
-                self.secant.forget_gradient()
-            self._repliers = members
         before = self.secant.last_point
         if before is not None and self.secant.knows_gradient() and self.table.current(self._weights):
             return  # ĝ is exact at both ends: _memory_step takes the pair from it
@@ -449,12 +437,27 @@ class GradCovStrategy(Strategy):
         if before is not None:
             change = self.table.change(before, self._weights, self.curvature.apply, self._apply_preconditioner)
         if change is not None:
-            step = self._weights - before
-            along = float(step @ self.curvature.apply(step))
+            step = (self._weights - before)[None]
+            ratio = curvature_ratios(step, change[None], self.curvature.apply(step.T).T)[0]  # nan: not measurable
             low, high = CURVATURE_BAND
-            if not along > 0 or not low <= float(step @ change) / along <= high:
+            if not low <= ratio <= high:
                 change = None
         self.secant.observe_change(self._weights, change)
+
+    def _sync_members(self) -> None:
+        """When the table's clients changed, the memory's last gradient belongs to another
+        quadratic. Clients joining after Σ̂'s warm-up keep the steps (the next pair comes
+        from the clients heard at both ends); before it, or when a client was screened
+        out of the table (the pairs it helped make may be poisoned), the memory starts
+        afresh."""
+        members = self.table.members()
+        if members == self._repliers:
+            return
+        if self._pairs_from_table() and not set(self._repliers) - set(members):
+            self.secant.forget_gradient()
+        else:
+            self._forget_steps()
+        self._repliers = members
 
     def _apply_preconditioner(self, v: np.ndarray) -> np.ndarray:
         """P·v for a vector (d,) or the columns of a matrix (d, m)."""
@@ -501,7 +504,7 @@ class GradCovStrategy(Strategy):
         curvature = self.curvature.apply if self.curvature.known() else None
         exact = self.train_gradient == "full" and not self.noisy_targets
         if exact and curvature is not None and self.precondition and self.curvature.warmed_up():
-            flagged = self.history.inconsistent(pids, grads, self._weights, curvature, lambda v: self.preconditioner @ v)
+            flagged = self.history.inconsistent(pids, grads, self._weights, curvature, self._apply_preconditioner)
             log_inconsistent(pids, flagged)
             keep = keep & ~flagged
         self.history.record(pids, grads, self._weights)
@@ -510,6 +513,8 @@ class GradCovStrategy(Strategy):
         self.table.remove_many(partitions[~keep])
         if not len(self.table):
             return None
+        if self._exact_gradients() and not self.memory_on_inexact:
+            self._sync_members()
         self._pair_from_table()
         if curvature is not None and self._pairs_from_table() and not self.table.current(self._weights):
             # carry absent clients forward with Σ itself along the remembered steps (their
